@@ -1,0 +1,58 @@
+"""The callback outbox: one delivery row per status callback, one attempt row per try."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+
+class CallbackDelivery(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        DELIVERING = "delivering", "delivering"
+        DELIVERED = "delivered", "delivered"
+        FAILED = "failed", "failed"
+
+    stream = models.ForeignKey("streams.Stream", on_delete=models.CASCADE, related_name="callback_deliveries")
+    account = models.ForeignKey("streams.Account", on_delete=models.PROTECT, related_name="callback_deliveries")
+    event = models.CharField(max_length=32)
+    url = models.CharField(max_length=2048)
+    method = models.CharField(max_length=4, default="POST")
+    params = models.JSONField(default=dict)
+    idempotency_id = models.UUIDField(unique=True, default=uuid.uuid4)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING, db_index=True)
+    attempt_count = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "callback deliveries"
+        indexes = [models.Index(fields=["stream", "id"]), models.Index(fields=["state", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.url} ({self.state})"
+
+
+class CallbackAttempt(models.Model):
+    RESPONSE_EXCERPT_LIMIT = 512
+
+    delivery = models.ForeignKey(CallbackDelivery, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(default=0)
+    error = models.CharField(max_length=500, blank=True, default="")
+    response_excerpt = models.CharField(max_length=512, blank=True, default="")
+
+    class Meta:
+        ordering = ["delivery_id", "number"]
+        constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="one_attempt_per_number")]
+
+    def __str__(self) -> str:
+        return f"#{self.number} {self.status_code or self.error}"

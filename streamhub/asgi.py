@@ -1,0 +1,23 @@
+"""ASGI entry point: `daphne streamhub.asgi:application` serves HTTP and the ingest WebSockets."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "streamhub.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from streams.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        # No AllowedHostsOriginValidator: gateways send Host without a port and an
+        # arbitrary Origin (FreeSWITCH) or none (Asterisk); they authenticate instead.
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)

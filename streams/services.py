@@ -1,0 +1,195 @@
+"""Starting, stopping and hanging up: one set of functions for REST, admin and the call session.
+
+Every end goes through `stream_end`, a conditional update, so a stream ends exactly
+once whatever races (hangup vs API vs timeout vs error) and sends exactly one final
+callback. The DB change is made here, at once; the process holding the call is then
+told over the channel layer to close sockets, and its own `stream_end` is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from callbacks.services import CALLBACK_EVENTS, callback_enqueue
+from streams import control
+from streams.models import Account, Call, HubProcess, Stream, StreamEvent
+from streams.validation import StreamParams
+
+log = logging.getLogger(__name__)
+
+DROPPED_SLOW = "terminated due to a slow connection: send buffer full"
+
+
+class StreamConflict(Exception):
+    """A second active stream to the same service_url on one call."""
+
+
+class CallNotLive(Exception):
+    pass
+
+
+def callback_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def event_params(stream: Stream, event: str, *, error: str = "", extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """The parameters of a status callback (spec §6.2, D15), also stored in the debug log."""
+    call = stream.call
+    params: dict[str, str] = {
+        "Event": event,
+        "StreamID": str(stream.stream_id),
+        "CallUUID": str(call.call_uuid),
+        "From": call.from_number,
+        "To": call.to_number,
+        "Direction": call.direction,
+        "ServiceURL": stream.service_url,
+        "Timestamp": callback_timestamp(timezone.now()),
+        "ParentAuthID": stream.account.auth_id,
+        "status_callback_url": stream.status_callback_url,
+        "status_callback_method": stream.status_callback_method,
+        "bidirectional": "true" if stream.bidirectional else "false",
+        "audioTrack": stream.audio_track,
+        "streamTimeout": str(stream.stream_timeout),
+        "contentType": stream.content_type,
+        "extraHeaders": stream.extra_headers,
+        "keepCallAlive": "true" if stream.keep_call_alive else "false",
+    }
+    if error:
+        params["Error"] = error
+    for key, value in (extra or {}).items():
+        params[key] = str(value)
+    return params
+
+
+def stream_log(*, stream: Stream, event: str, error: str = "", extra: dict[str, Any] | None = None) -> StreamEvent:
+    """A debug-log row; for the four callback events also the outbox row, in one transaction."""
+    params = event_params(stream, event, error=error, extra=extra)
+    with transaction.atomic():
+        row = StreamEvent.objects.create(stream=stream, event=event, error=error[:1000], params=params)
+        if event in CALLBACK_EVENTS:
+            callback_enqueue(stream=stream, event=event, params=params)
+    return row
+
+
+def call_open(
+    *,
+    account: Account,
+    call_uuid: object,
+    from_number: str = "",
+    to_number: str = "",
+    direction: str = "inbound",
+    gateway: str = "audio-fork",
+    metadata: dict[str, Any] | None = None,
+) -> Call:
+    return Call.objects.create(
+        account=account,
+        call_uuid=call_uuid,
+        from_number=from_number[:128],
+        to_number=to_number[:128],
+        direction=direction if direction in Call.Direction.values else Call.Direction.INBOUND,
+        gateway=gateway,
+        gateway_metadata=metadata or {},
+        server_id=settings.STREAMHUB_SERVER_ID,
+    )
+
+
+def stream_create(*, call: Call, params: StreamParams, notify_session: bool = True) -> Stream:
+    """Create a stream on a live call (status initiated); the holding process dials it.
+
+    Raises CallNotLive or StreamConflict (a second active stream to the same URL).
+    """
+    try:
+        with transaction.atomic():
+            locked = Call.objects.select_for_update().get(pk=call.pk)
+            if locked.status != Call.Status.LIVE:
+                raise CallNotLive(str(call.call_uuid))
+            stream = Stream.objects.create(
+                call=locked, account_id=locked.account_id, server_id=locked.server_id, **params.as_model_fields()
+            )
+            StreamEvent.objects.create(
+                stream=stream, event="StreamCreated", params=event_params(stream, "StreamCreated")
+            )
+    except IntegrityError as exc:
+        if Stream.objects.filter(call=call, service_url=params.service_url, end_time__isnull=True).exists():
+            raise StreamConflict(params.service_url) from exc
+        raise
+    if notify_session:
+        control.send_to_call(call.call_uuid, {"type": "stream.start", "stream_id": str(stream.stream_id)})
+    return stream
+
+
+def stream_mark_started(*, stream: Stream) -> bool:
+    with transaction.atomic():
+        if not stream.mark_started():
+            return False
+        stream_log(stream=stream, event="StartStream")
+    return True
+
+
+def stream_degraded(*, stream: Stream, usage: int) -> None:
+    stream_log(stream=stream, event="DegradedStream", extra={"BufferUsage": usage})
+
+
+def stream_end(
+    *,
+    stream: Stream,
+    reason: str,
+    error: str = "",
+    stats: dict[str, Any] | None = None,
+    notify_session: bool = True,
+) -> bool:
+    """End a stream once: billing, hangup reason, and its one final callback.
+
+    StopStream for API request / Call hangup / Stream timeout, DroppedStream for
+    Connection error. `stats` (the relay's counters) are stored whoever ended it.
+    """
+    with transaction.atomic():
+        fresh = Stream.objects.select_related("account", "call").select_for_update(of=("self",)).get(pk=stream.pk)
+        ended = fresh.mark_ended(reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL)
+        if ended:
+            event = "DroppedStream" if reason == Stream.Reason.CONNECTION_ERROR else "StopStream"
+            stream_log(stream=fresh, event=event, error=error, extra={"HangupReason": reason})
+        if stats:
+            Stream.objects.filter(pk=fresh.pk).update(**stats)
+    if ended and notify_session:
+        control.send_to_call(fresh.call.call_uuid, {"type": "stream.stop", "stream_id": str(fresh.stream_id)})
+    stream.__dict__.update({k: v for k, v in fresh.__dict__.items() if not k.startswith("_")})
+    return ended
+
+
+def stream_stop(*, stream: Stream, reason: str = Stream.Reason.API_REQUEST) -> bool:
+    return stream_end(stream=stream, reason=reason)
+
+
+def call_end(*, call: Call, notify_session: bool) -> list[Stream]:
+    """End every active stream with "Call hangup", then the call; returns the streams it ended."""
+    ended: list[Stream] = []
+    for stream in Stream.objects.filter(call=call, end_time__isnull=True).select_related("account", "call"):
+        if stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False):
+            ended.append(stream)
+    fresh = Call.objects.get(pk=call.pk)
+    if fresh.mark_ended() and notify_session:
+        control.send_to_call(call.call_uuid, {"type": "call.hangup"})
+    call.status, call.ended_at = fresh.status, fresh.ended_at
+    return ended
+
+
+def call_hangup(*, call: Call) -> bool:
+    """Hang up a live call from REST or admin; the holding process closes the gateway socket."""
+    if call.status != Call.Status.LIVE:
+        return False
+    call_end(call=call, notify_session=True)
+    return True
+
+
+def hub_heartbeat(*, server_id: str, live_calls: int, capacity: int) -> None:
+    HubProcess.objects.update_or_create(
+        server_id=server_id,
+        defaults={"heartbeat_at": timezone.now(), "live_calls": live_calls, "capacity": capacity},
+    )

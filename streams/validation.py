@@ -1,0 +1,222 @@
+"""Validation of stream parameters: one piece shared by REST, gateway metadata and admin.
+
+Accepts the REST names (`service_url`, `audio_track`, …) and the `<Stream>` XML
+attribute names (`serviceUrl`, `audioTrack`, …); values may be JSON types or the
+XML-style strings "true"/"false" and numeric strings (decision D3). Errors name the
+field as the caller spelled it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+CONTENT_TYPES = ("audio/x-l16;rate=8000", "audio/x-l16;rate=16000", "audio/x-mulaw;rate=8000")
+AUDIO_TRACKS = ("inbound", "outbound", "both")
+CALLBACK_METHODS = ("GET", "POST")
+MAX_URL_LENGTH = 2048
+MAX_EXTRA_HEADERS_BYTES = 512
+DEFAULT_STREAM_TIMEOUT = 86400
+_ALNUM = re.compile(r"^[A-Za-z0-9]+$")
+
+# canonical name -> accepted spellings (REST snake_case first, then XML camelCase)
+FIELD_NAMES: dict[str, tuple[str, ...]] = {
+    "service_url": ("service_url", "serviceUrl"),
+    "bidirectional": ("bidirectional",),
+    "audio_track": ("audio_track", "audioTrack"),
+    "stream_timeout": ("stream_timeout", "streamTimeout"),
+    "status_callback_url": ("status_callback_url", "statusCallbackUrl"),
+    "status_callback_method": ("status_callback_method", "statusCallbackMethod"),
+    "content_type": ("content_type", "contentType"),
+    "extra_headers": ("extra_headers", "extraHeaders"),
+    "keep_call_alive": ("keep_call_alive", "keepCallAlive"),
+    "noise_cancellation": ("noise_cancellation", "noiseCancellation"),
+    "noise_cancellation_level": ("noise_cancellation_level", "noiseCancellationLevel"),
+}
+# Sent by the plivo SDK in bodies (call_uuid, stream_id) or undocumented (cx_bot): accepted, ignored.
+IGNORED_FIELDS = frozenset({"call_uuid", "stream_id", "cx_bot", "callId", "streamId"})
+
+
+class StreamParamError(ValueError):
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    service_url: str
+    bidirectional: bool = False
+    audio_track: str = "inbound"
+    stream_timeout: int = DEFAULT_STREAM_TIMEOUT
+    status_callback_url: str = ""
+    status_callback_method: str = "POST"
+    content_type: str = "audio/x-l16;rate=8000"
+    extra_headers: str = ""
+    keep_call_alive: bool = False
+    noise_cancellation: bool = False
+    noise_cancellation_level: int = 85
+
+    def as_model_fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("must be true or false")
+
+
+def parse_positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a positive integer")
+    if isinstance(value, int):
+        number = value
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and re.fullmatch(r"\s*\+?\d{1,12}\s*", value)
+    ):
+        number = int(value)
+    else:
+        raise ValueError("must be a positive integer")
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def check_ws_url(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("is required (a ws:// or wss:// URL)")
+    url = value.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise ValueError("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError("must be a ws:// or wss:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if port == 0:
+        raise ValueError("has an invalid port")
+    return url
+
+
+def check_callback_url(value: Any, *, forbid_private: bool = False) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise ValueError("must be an http:// or https:// URL")
+    url = value.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise ValueError("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if forbid_private and is_private_host(parts.hostname):
+        raise ValueError("points to a private or loopback address, which this hub forbids")
+    return url
+
+
+def is_private_host(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
+
+
+def check_extra_headers(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError("must be a string of key=value pairs separated by commas")
+    text = value.strip()
+    if not text:
+        return ""
+    if len(text.encode()) > MAX_EXTRA_HEADERS_BYTES:
+        raise ValueError(f"must be at most {MAX_EXTRA_HEADERS_BYTES} bytes")
+    for pair in text.split(","):
+        key, sep, val = pair.partition("=")
+        if not sep:
+            raise ValueError(f"{pair!r} is not a key=value pair")
+        if not _ALNUM.match(key) or not _ALNUM.match(val):
+            raise ValueError(f"{pair!r}: keys and values may contain only A-Z, a-z and 0-9")
+    return text
+
+
+def _choice(value: Any, allowed: tuple[str, ...], *, upper: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+    text = value.strip().upper() if upper else value.strip()
+    if text not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+    return text
+
+
+def validate_stream_params(data: Mapping[str, Any], *, forbid_private_callbacks: bool = False) -> StreamParams:
+    """Raise StreamParamError naming every bad field; unknown fields are errors too."""
+    errors: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    known = {alias: canon for canon, aliases in FIELD_NAMES.items() for alias in aliases}
+    for key, raw in data.items():
+        if key in IGNORED_FIELDS:
+            continue
+        canon = known.get(key)
+        if canon is None:
+            errors[key] = "is not a stream parameter"
+            continue
+        if canon in values:
+            errors[key] = f"is given twice (also as {spelled[canon]})"
+            continue
+        values[canon], spelled[canon] = raw, key
+
+    checks: dict[str, Any] = {
+        "service_url": check_ws_url,
+        "bidirectional": parse_bool,
+        "audio_track": lambda v: _choice(v, AUDIO_TRACKS),
+        "stream_timeout": parse_positive_int,
+        "status_callback_url": lambda v: check_callback_url(v, forbid_private=forbid_private_callbacks),
+        "status_callback_method": lambda v: _choice(v, CALLBACK_METHODS, upper=True),
+        "content_type": lambda v: _choice(v.replace(" ", "") if isinstance(v, str) else v, CONTENT_TYPES),
+        "extra_headers": check_extra_headers,
+        "keep_call_alive": parse_bool,
+        "noise_cancellation": parse_bool,
+        "noise_cancellation_level": parse_positive_int,
+    }
+    clean: dict[str, Any] = {}
+    if "service_url" not in values:
+        errors["service_url"] = "is required (a ws:// or wss:// URL)"
+    for canon, raw in values.items():
+        try:
+            clean[canon] = checks[canon](raw)
+        except ValueError as exc:
+            errors[spelled[canon]] = str(exc)
+    level = clean.get("noise_cancellation_level")
+    if level is not None and not 60 <= level <= 100:
+        errors[spelled["noise_cancellation_level"]] = "must be between 60 and 100"
+    if clean.get("bidirectional") and clean.get("audio_track", "inbound") != "inbound":
+        errors[spelled.get("audio_track", "audio_track")] = "must be inbound when bidirectional is true"
+    if errors:
+        raise StreamParamError(errors)
+    return StreamParams(**clean)

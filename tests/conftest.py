@@ -1,0 +1,214 @@
+"""Shared test infrastructure: named actors, a real hub server, a real Celery worker,
+and a real customer WebSocket server on 127.0.0.1.
+
+Servers run as subprocesses against the test database (so tests that use them need
+`django_db(transaction=True)`: rows must be committed to be seen), with the same
+DATABASE_URL / REDIS_URL switch as production.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.conf import settings
+from django.db import connection
+
+from streams.models import Account
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def account(db: None) -> Account:
+    return Account.objects.create(name="Acme")
+
+
+@pytest.fixture
+def other_account(db: None) -> Account:
+    return Account.objects.create(name="Other Corp")
+
+
+def test_database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def server_env(**overrides: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        {
+            "DATABASE_URL": test_database_url(),
+            "STREAMHUB_DATA_DIR": str(settings.DATA_DIR),
+            "DJANGO_SECRET_KEY": "test-secret-key-not-for-production",
+            "PYTHONUNBUFFERED": "1",
+            "STREAMHUB_CONNECT_RETRY_DELAY": "0.05",
+            "STREAMHUB_CONNECT_TIMEOUT": "2",
+        }
+    )
+    if settings.REDIS_URL:
+        env["REDIS_URL"] = settings.REDIS_URL
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def _spawn(name: str, cmd: list[str], env: dict[str, str], tmp: Path) -> Proc:
+    log_path = tmp / f"{name}.log"
+    fh = log_path.open("wb")
+    popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    return Proc(name=name, popen=popen, log_path=log_path)
+
+
+def start_hub(tmp: Path, name: str = "hub", **overrides: Any) -> Proc:
+    port = free_port()
+    cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "streamhub.asgi:application"]
+    proc = _spawn(name, cmd, server_env(STREAMHUB_SERVER_ID=f"{name}-{port}", **overrides), tmp)
+    proc.port = port
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"hub exited early:\n{proc.log()}")
+        try:
+            if requests.get(f"{proc.http}/healthz", timeout=1).status_code == 200:
+                return proc
+        except requests.RequestException:
+            time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"hub did not answer /healthz in 30 s:\n{proc.log()}")
+
+
+def start_worker(tmp: Path, name: str = "worker", *, beat: bool = False, **overrides: Any) -> Proc:
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "streamhub",
+        "worker",
+        "--pool=threads",
+        "--concurrency=8",
+        "--loglevel=INFO",
+        f"--hostname={name}-{os.getpid()}-{time.monotonic_ns()}@localhost",
+    ]
+    if beat:
+        cmd += ["--beat", "--schedule", str(tmp / f"{name}-beat-schedule")]
+    proc = _spawn(name, cmd, server_env(**overrides), tmp)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{proc.log()}")
+        if " ready." in proc.log():
+            return proc
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"worker not ready in 60 s:\n{proc.log()}")
+
+
+@pytest.fixture
+def hub_factory(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start hub servers (daphne subprocesses) with settings overrides; all stopped at teardown."""
+    procs: list[Proc] = []
+
+    def make(name: str = "hub", **overrides: Any) -> Proc:
+        proc = start_hub(tmp_path, name, **overrides)
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def hub(hub_factory: Callable[..., Proc]) -> Proc:
+    return hub_factory()
+
+
+@pytest.fixture
+def worker_factory(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    procs: list[Proc] = []
+
+    def make(name: str = "worker", **overrides: Any) -> Proc:
+        proc = start_worker(tmp_path, name, **overrides)
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def celery_worker_proc(worker_factory: Callable[..., Proc]) -> Proc:
+    return worker_factory()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_broker() -> None:
+    """Leftover messages from an earlier run must not reach this run's worker."""
+    if not settings.REDIS_URL:
+        shutil.rmtree(settings.BROKER_DIR, ignore_errors=True)
+        for sub in ("queue", "processed"):
+            (settings.BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
+    else:
+        import redis
+
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
