@@ -1,5 +1,9 @@
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import path
 
-websocket_urlpatterns: list[URLPattern] = []
+from streams.consumers import AudioForkConsumer
+
+websocket_urlpatterns = [
+    path("ingest/audio-fork", AudioForkConsumer.as_asgi()),
+]

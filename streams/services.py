@@ -193,3 +193,10 @@ def hub_heartbeat(*, server_id: str, live_calls: int, capacity: int) -> None:
         server_id=server_id,
         defaults={"heartbeat_at": timezone.now(), "live_calls": live_calls, "capacity": capacity},
     )
+
+
+def stream_log_batch(*, stream: Stream, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Write a relay's queued debug events (event, error, extra) in order, in one transaction."""
+    with transaction.atomic():
+        for event, error, extra in entries:
+            stream_log(stream=stream, event=event, error=error, extra=extra)

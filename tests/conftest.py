@@ -169,6 +169,7 @@ def hub_factory(transactional_db: None, tmp_path: Path) -> Iterator[Callable[...
     yield make
     for proc in procs:
         proc.stop()
+        print(f"----- {proc.name} log -----\n{proc.log()[-20000:]}")  # shown by pytest on failure
 
 
 @pytest.fixture
@@ -188,6 +189,7 @@ def worker_factory(transactional_db: None, tmp_path: Path) -> Iterator[Callable[
     yield make
     for proc in procs:
         proc.stop()
+        print(f"----- {proc.name} log -----\n{proc.log()[-20000:]}")
 
 
 @pytest.fixture

@@ -1,0 +1,185 @@
+"""Ingest consumers: thin adapters from a gateway's framing to a CallSession.
+
+AudioForkConsumer speaks FreeSWITCH mod_audio_fork / jambonz `listen`: an optional first
+TEXT frame of metadata, then BINARY 16-bit LE PCM, later TEXT events (DTMF); a zero-length
+BINARY frame is a graceful-shutdown marker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from streams import capacity, control, gateway_auth, protocol
+from streams.models import Account
+from streams.session import CallSession
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_FRAME = 64 * 1024
+
+
+class IngestConsumer(AsyncWebsocketConsumer):
+    """What every gateway framing shares: auth and admission on the upgrade, control messages."""
+
+    gateway = "generic"
+    subprotocols: tuple[str, ...] = ()
+
+    session: CallSession | None = None
+    account: Account | None = None
+    admitted = False
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels' AsyncConsumer.dispatch closes old DB connections through a thread hop
+        # on every message; audio frames never touch the ORM, and the session's DB work
+        # runs in database_sync_to_async, which does that housekeeping itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.account = await database_sync_to_async(gateway_auth.authenticate)(self.scope)
+        if self.account is None:
+            log.warning("%s ingest refused: missing or wrong credentials", self.gateway)
+            await self.close()
+            return
+        if not capacity.admission.try_admit():
+            log.warning("%s ingest refused: at capacity (%d calls)", self.gateway, capacity.admission.limit)
+            await self.refuse_at_capacity()
+            return
+        self.admitted = True
+        offered = self.scope.get("subprotocols") or []
+        chosen = next((p for p in offered if p in self.subprotocols), None)
+        await self.accept(subprotocol=chosen)
+        self.session = CallSession(account=self.account, link=self, gateway=self.gateway)
+        await self.on_open()
+
+    async def refuse_at_capacity(self) -> None:
+        if "websocket.http.response" in self.scope.get("extensions", {}):
+            body = b"hub at capacity: try another hub process"
+            await self.send_http_refusal(503, body)
+            return
+        # Daphne cannot answer the upgrade with a status of our choosing: accept, say why, close 1013.
+        await self.accept()
+        await self.send(text_data=protocol.gateway_error("hub at capacity: try another hub process"))
+        await self.close(code=1013)
+
+    async def send_http_refusal(self, status: int, body: bytes) -> None:
+        await self.base_send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
+        await self.base_send({"type": "websocket.http.response.body", "body": body})
+
+    async def on_open(self) -> None:
+        """Framing-specific start (query defaults, waiting for metadata)."""
+
+    async def joined(self) -> None:
+        assert self.session is not None and self.session.call is not None
+        await self.channel_layer.group_add(control.call_group(self.session.call.call_uuid), self.channel_name)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        session = self.session
+        if session is not None:
+            await session.end()
+            if session.call is not None:
+                await self.channel_layer.group_discard(control.call_group(session.call.call_uuid), self.channel_name)
+        if self.admitted:
+            capacity.admission.release()
+            self.admitted = False
+        await super().websocket_disconnect(message)
+
+    # --- control from the service layer (channel layer group call.<uuid>) ---------------
+
+    async def stream_start(self, message: dict[str, Any]) -> None:
+        if self.session is not None:
+            await self.session.start_stream(message["stream_id"])
+
+    async def stream_stop(self, message: dict[str, Any]) -> None:
+        if self.session is not None:
+            self.session.stop_stream(message["stream_id"])
+
+    async def call_hangup(self, message: dict[str, Any]) -> None:
+        if self.session is not None:
+            await self.session.hangup()
+
+    # --- GatewayLink ------------------------------------------------------------------
+
+    async def send_audio(self, pcm: bytes) -> None:
+        await self.send(bytes_data=pcm)
+
+    async def send_text(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:  # type: ignore[override]
+        await super().close(code=code, reason=reason)
+
+    def send_dtmf(self, digits: str) -> str | None:
+        return None
+
+    def clear_command(self) -> str | None:
+        return None
+
+
+class AudioForkConsumer(IngestConsumer):
+    gateway = "audio-fork"
+    subprotocols = ("audio.drachtio.org", "audio.jambonz.org")
+
+    async def on_open(self) -> None:
+        self.query = gateway_auth.query_params(self.scope)
+
+    async def _begin(self, meta: protocol.GatewayMetadata) -> None:
+        assert self.session is not None
+        await self.session.begin(meta)
+        await self.joined()
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        session = self.session
+        if session is None:
+            return
+        data = message.get("bytes")
+        if data is not None:
+            if session.call is None:  # no metadata frame: the first frame is audio
+                await self._begin(protocol.parse_gateway_metadata("", defaults=self.query))
+            if not data:
+                await self.graceful_shutdown()
+                return
+            session.feed_audio(data)
+            return
+        text = message.get("text") or ""
+        if session.call is None:
+            await self._begin(protocol.parse_gateway_metadata(text[:MAX_TEXT_FRAME], defaults=self.query))
+            return
+        if len(text) > MAX_TEXT_FRAME:
+            session.log_to_streams("GatewayInvalidMessage", f"ignored a {len(text)}-character text frame")
+            return
+        try:
+            events = protocol.parse_gateway_event(text)
+        except protocol.ProtocolError as exc:
+            session.log_to_streams("GatewayInvalidMessage", str(exc))
+            return
+        for event in events:
+            if isinstance(event, protocol.GatewayDtmf):
+                session.on_dtmf(event.digit)
+            elif isinstance(event, protocol.GatewayOther):
+                session.log_to_streams("GatewayMessage", f"ignored gateway message {text[:200]}")
+
+    async def graceful_shutdown(self) -> None:
+        """mod_audio_fork's zero-length frame: the call is over; we close the socket."""
+        assert self.session is not None
+        await self.session.end()
+        await self.close(1000)
+
+    def send_dtmf(self, digits: str) -> str | None:
+        return protocol.gateway_send_dtmf(digits)
+
+    def clear_command(self) -> str | None:
+        return protocol.gateway_kill_audio()

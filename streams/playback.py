@@ -1,0 +1,133 @@
+"""The call's playback queue and its pacing clock (decisions D10–D12). Pure: no I/O, time passed in.
+
+Clips from `playAudio` become 20 ms frames at the gateway's rate, appended in order
+(never overlapping). A checkpoint is a marker behind the audio queued before it; it
+is due right after the last of that audio has been written to the gateway, or at once
+when nothing is queued. `clear(owner)` drops that stream's frames and markers without
+acknowledging them (D12). Several bidirectional streams on one call share the queue,
+each clearing only its own audio.
+
+The Pacer schedules frame k at t0 + k·20 ms on the monotonic clock; after a stall it
+restarts the schedule at "now" rather than bursting the backlog, and it resets when
+the queue runs empty (nothing is sent while idle, D11).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+FRAME_SECONDS = 0.020
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Frame:
+    owner: str
+    pcm: bytes
+    checkpoints: list[str] = field(default_factory=list)  # due right after this frame is written
+
+
+@dataclass(frozen=True)
+class Played:
+    """What `next_frame` hands the writer: the frame and the checkpoints due once it is written."""
+
+    owner: str
+    pcm: bytes
+    checkpoints: tuple[str, ...]
+
+
+class PlaybackQueue:
+    def __init__(self, frame_size: int, max_seconds: float) -> None:
+        self.frame_size = frame_size
+        self.max_frames = int(max_seconds / FRAME_SECONDS)
+        self._frames: deque[Frame] = deque()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def queued_seconds(self, owner: str | None = None) -> float:
+        frames = self._frames if owner is None else [f for f in self._frames if f.owner == owner]
+        return len(frames) * FRAME_SECONDS
+
+    def _last_of(self, owner: str) -> Frame | None:
+        for frame in reversed(self._frames):
+            if frame.owner == owner:
+                return frame
+        return None
+
+    def append_audio(self, owner: str, pcm: bytes) -> int:
+        """Queue a clip; the tail shorter than 20 ms is padded with silence. Returns frames added."""
+        size = self.frame_size
+        count = -(-len(pcm) // size)
+        if len(self._frames) + count > self.max_frames:
+            raise QueueFull(
+                f"clip of {count * FRAME_SECONDS:.2f} s would exceed the playback queue bound of "
+                f"{self.max_frames * FRAME_SECONDS:.0f} s ({len(self._frames) * FRAME_SECONDS:.2f} s queued)"
+            )
+        for i in range(0, len(pcm), size):
+            chunk = pcm[i : i + size]
+            if len(chunk) < size:
+                chunk += b"\x00" * (size - len(chunk))
+            self._frames.append(Frame(owner, chunk))
+        return count
+
+    def append_checkpoint(self, owner: str, name: str) -> bool:
+        """Place a marker behind this owner's queued audio. False: nothing queued, it is due now."""
+        last = self._last_of(owner)
+        if last is None:
+            return False
+        last.checkpoints.append(name)
+        return True
+
+    def clear(self, owner: str) -> tuple[int, list[str]]:
+        """Drop the owner's frames and markers; returns (frames dropped, checkpoint names dropped)."""
+        kept: deque[Frame] = deque()
+        dropped, names = 0, []
+        for frame in self._frames:
+            if frame.owner == owner:
+                dropped += 1
+                names.extend(frame.checkpoints)
+            else:
+                kept.append(frame)
+        self._frames = kept
+        return dropped, names
+
+    def next_frame(self) -> Played | None:
+        if not self._frames:
+            return None
+        frame = self._frames.popleft()
+        return Played(frame.owner, frame.pcm, tuple(frame.checkpoints))
+
+
+class Pacer:
+    """Absolute-deadline 20 ms clock: frame k is due at t0 + k·period."""
+
+    __slots__ = ("late_frames", "next_at", "period", "resyncs")
+
+    def __init__(self, period: float = FRAME_SECONDS) -> None:
+        self.period = period
+        self.next_at: float | None = None
+        self.resyncs = 0
+        self.late_frames = 0
+
+    def due_in(self, now: float) -> float:
+        """Seconds until the next frame may leave (0 when due). Starts the clock when idle."""
+        if self.next_at is None:
+            self.next_at = now
+        return max(0.0, self.next_at - now)
+
+    def sent(self, now: float) -> None:
+        """A frame left; schedule the next. After a stall of more than a frame, restart at now."""
+        assert self.next_at is not None
+        self.next_at += self.period
+        if now - self.next_at > self.period:
+            self.late_frames += round((now - self.next_at) / self.period)
+            self.resyncs += 1
+            self.next_at = now
+
+    def idle(self) -> None:
+        self.next_at = None

@@ -1,0 +1,310 @@
+"""A call's session: the coordinator between one gateway connection and its stream relays.
+
+It lives in the process that holds the call's ingest socket. It creates the Call row
+(decision D1 for its id), starts relays (from gateway metadata or from the service layer
+through the channel layer), fans every 20 ms of gateway audio out to them without
+awaiting anything, plays bidirectional streams' audio back into the call on an absolute
+20 ms clock, and ends every stream with "Call hangup" when the call goes away.
+Framing differences between gateways live in the consumer's GatewayLink, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from typing import Any, Protocol
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import IntegrityError
+
+from streams import capacity, protocol, services
+from streams.audio import Reframer, frame_bytes, silence, split_stereo
+from streams.models import Account, Call, Stream
+from streams.playback import Pacer, PlaybackQueue
+from streams.relay import StreamRelay, redact_url
+from streams.validation import StreamParamError, validate_stream_params
+
+log = logging.getLogger(__name__)
+
+
+class GatewayLink(Protocol):
+    """What a session needs from a gateway connection; one implementation per framing."""
+
+    async def send_audio(self, pcm: bytes) -> None: ...
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def close(self, code: int = 1000) -> None: ...
+
+    def send_dtmf(self, digits: str) -> str | None:
+        """The TEXT frame that plays DTMF, or None when the gateway has no such command."""
+
+    def clear_command(self) -> str | None:
+        """The TEXT frame that makes the gateway drop audio it buffered (barge-in)."""
+
+
+class CallSession:
+    def __init__(self, *, account: Account, link: GatewayLink, gateway: str) -> None:
+        self.account = account
+        self.link = link
+        self.gateway = gateway
+        self.call: Call | None = None
+        self.rate = 8000
+        self.channels = 1
+        self.relays: dict[str, StreamRelay] = {}
+        self._relay_list: tuple[StreamRelay, ...] = ()
+        self._reframer = Reframer(frame_bytes(8000))
+        self._silence = silence(8000)
+        self._tap: deque[bytes] = deque(maxlen=50)
+        self.playback = PlaybackQueue(frame_bytes(8000), settings.STREAMHUB_PLAYBACK_QUEUE_SECONDS)
+        self.pacer = Pacer()
+        self._play_wake = asyncio.Event()
+        self._play_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.ended = False
+        self.bad_frames = 0
+
+    # --- setup ------------------------------------------------------------------------
+
+    def set_format(self, *, rate: int, channels: int) -> None:
+        self.rate, self.channels = rate, channels
+        self._reframer = Reframer(frame_bytes(rate, channels=channels))
+        self._silence = silence(rate)
+        self.playback = PlaybackQueue(frame_bytes(rate), settings.STREAMHUB_PLAYBACK_QUEUE_SECONDS)
+
+    async def begin(self, meta: protocol.GatewayMetadata) -> Call:
+        """Create the live Call row and start the streams the metadata asks for."""
+        self.set_format(rate=meta.sample_rate, channels=meta.channels)
+        self.call = await database_sync_to_async(_open_call)(account=self.account, meta=meta, gateway=self.gateway)
+        registry.add(self)
+        for error in meta.errors:
+            await self.link.send_text(protocol.gateway_error(error))
+        for index, entry in enumerate(meta.streams):
+            try:
+                params = validate_stream_params(entry)
+            except StreamParamError as exc:
+                log.warning("call %s: stream %d refused: %s", self.call.call_uuid, index, exc)
+                await self.link.send_text(protocol.gateway_error(f"streams[{index}] refused: {exc}"))
+                continue
+            try:
+                stream = await database_sync_to_async(services.stream_create)(
+                    call=self.call, params=params, notify_session=False
+                )
+            except services.StreamConflict:
+                message = f"streams[{index}] refused: an active stream to {params.service_url} exists on this call"
+                await self.link.send_text(protocol.gateway_error(message))
+                continue
+            stream.account, stream.call = self.account, self.call
+            self.add_relay(stream)
+        return self.call
+
+    def add_relay(self, stream: Stream) -> None:
+        key = str(stream.stream_id)
+        if key in self.relays or self.ended:
+            return
+        relay = StreamRelay(session=self, stream=stream, gateway_rate=self.rate)
+        self.relays[key] = relay
+        self._relay_list = tuple(self.relays.values())
+        relay.start()
+        log.info("call %s: stream %s → %s", stream.call.call_uuid, key, redact_url(stream.service_url))
+
+    async def start_stream(self, stream_id: str) -> None:
+        """A stream created elsewhere (REST, admin) on this call: dial it from here."""
+        if self.call is None or self.ended:
+            return
+        stream = await database_sync_to_async(_load_stream)(call=self.call, stream_id=stream_id)
+        if stream is not None:
+            self.add_relay(stream)
+
+    def stop_stream(self, stream_id: str, reason: str = Stream.Reason.API_REQUEST) -> None:
+        relay = self.relays.get(stream_id)
+        if relay is not None:
+            relay.stop(reason)
+
+    def relay_finished(self, relay: StreamRelay) -> None:
+        self.playback.clear(relay.stream_id)
+        self.relays.pop(relay.stream_id, None)
+        self._relay_list = tuple(self.relays.values())
+
+    # --- gateway -> streams (hot path: no await, no database) ---------------------------
+
+    def feed_audio(self, data: bytes) -> None:
+        if len(data) % (2 * self.channels):
+            self.bad_frames += 1
+            for relay in self._relay_list:
+                relay.log_noisy(
+                    "GatewayInvalidFrame",
+                    f"dropped a {len(data)}-byte audio frame: not a whole number of {2 * self.channels}-byte samples",
+                )
+            return
+        relays = self._relay_list
+        if not relays:
+            return
+        tap = self._tap
+        for frame in self._reframer.push(data):
+            if self.channels == 2:
+                inbound, outbound = split_stereo(frame)
+            else:
+                inbound, outbound = frame, (tap.popleft() if tap else self._silence)
+            for relay in relays:
+                relay.on_audio(inbound, outbound)
+
+    def on_dtmf(self, digit: str) -> None:
+        for relay in self._relay_list:
+            relay.on_dtmf(digit)
+
+    def log_to_streams(self, event: str, error: str) -> None:
+        for relay in self._relay_list:
+            relay.log_noisy(event, error)
+
+    # --- streams -> gateway (bidirectional) ---------------------------------------------
+
+    def play(self, relay: StreamRelay, pcm: bytes) -> None:
+        self.playback.append_audio(relay.stream_id, pcm)
+        if self._play_task is None:
+            self._play_task = self._spawn(self._playback_loop())
+        self._play_wake.set()
+
+    def checkpoint(self, relay: StreamRelay, name: str) -> bool:
+        return self.playback.append_checkpoint(relay.stream_id, name)
+
+    def clear(self, relay: StreamRelay) -> tuple[int, list[str]]:
+        dropped = self.playback.clear(relay.stream_id)
+        command = self.link.clear_command()
+        if command is not None:
+            self._spawn(self.link.send_text(command))
+        return dropped
+
+    def send_dtmf(self, relay: StreamRelay, digits: str) -> bool:
+        command = self.link.send_dtmf(digits)
+        if command is None:
+            return False
+        self._spawn(self.link.send_text(command))
+        return True
+
+    async def _playback_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue, pacer, wake = self.playback, self.pacer, self._play_wake
+        while not self.ended:
+            if not len(queue):
+                pacer.idle()
+                wake.clear()
+                await wake.wait()
+                continue
+            delay = pacer.due_in(loop.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            played = queue.next_frame()
+            if played is None:
+                continue
+            await self.link.send_audio(played.pcm)
+            pacer.sent(loop.time())
+            self._tap.append(played.pcm)
+            relay = self.relays.get(played.owner)
+            if relay is not None:
+                relay.played_ms += 20
+                for name in played.checkpoints:
+                    relay.on_played(name)
+
+    # --- the end ----------------------------------------------------------------------
+
+    async def hangup(self) -> None:
+        """Hang-up ordered by REST/admin (the rows are already ended): close the gateway, end relays."""
+        await self.link.close(1000)
+        await self.end()
+
+    async def end(self) -> None:
+        """The call is over: every stream ends with "Call hangup", then the call row."""
+        if self.ended:
+            return
+        self.ended = True
+        relays = list(self.relays.values())
+        for relay in relays:
+            relay.stop(Stream.Reason.CALL_HANGUP)
+        await asyncio.gather(*(relay.wait() for relay in relays), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.call is not None:
+            try:
+                await database_sync_to_async(services.call_end)(call=self.call, notify_session=False)
+            except Exception:
+                log.exception("could not end call %s", self.call.call_uuid)
+        registry.discard(self)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _open_call(*, account: Account, meta: protocol.GatewayMetadata, gateway: str) -> Call:
+    """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one."""
+    metadata: dict[str, Any] = {"raw": meta.raw, "sampleRate": meta.sample_rate, "mixType": meta.mix_type}
+    candidate: uuid.UUID | None = None
+    if meta.call_id:
+        metadata["gateway_call_id"] = meta.call_id
+        try:
+            candidate = uuid.UUID(meta.call_id)
+        except ValueError:
+            candidate = None
+    kwargs: dict[str, Any] = {
+        "account": account,
+        "from_number": meta.from_number,
+        "to_number": meta.to_number,
+        "direction": meta.direction,
+        "gateway": gateway,
+        "metadata": metadata,
+    }
+    if candidate is not None and not Call.objects.filter(call_uuid=candidate).exists():
+        try:
+            return services.call_open(call_uuid=candidate, **kwargs)
+        except IntegrityError:
+            pass
+    return services.call_open(call_uuid=uuid.uuid4(), **kwargs)
+
+
+def _load_stream(*, call: Call, stream_id: str) -> Stream | None:
+    stream = (
+        Stream.objects.select_related("account", "call")
+        .filter(call=call, stream_id=stream_id, end_time__isnull=True)
+        .first()
+    )
+    return stream
+
+
+class Registry:
+    """The sessions of this process, and its heartbeat (the sweep's sign of life)."""
+
+    def __init__(self) -> None:
+        self.sessions: set[CallSession] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def add(self, session: CallSession) -> None:
+        self.sessions.add(session)
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    def discard(self, session: CallSession) -> None:
+        self.sessions.discard(session)
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await database_sync_to_async(services.hub_heartbeat)(
+                    server_id=settings.STREAMHUB_SERVER_ID,
+                    live_calls=len(self.sessions),
+                    capacity=capacity.admission.limit,
+                )
+            except Exception:
+                log.exception("heartbeat failed")
+            if not self.sessions:
+                self._heartbeat = None
+                return
+            await asyncio.sleep(settings.STREAMHUB_HEARTBEAT_SECONDS)
+
+
+registry = Registry()
