@@ -1,43 +1,350 @@
-"""Recording status callbacks: the one function the relay and the services call.
+"""Status callbacks as an outbox: record, deliver in order, sweep up what got lost.
 
-`callback_enqueue` must run inside the transaction that records the stream event it
-reports (design rule 4); the Celery task is queued on commit, and the beat sweep
-re-enqueues anything left pending, so a lost broker message loses nothing.
+Contract:
+- `callback_enqueue` runs inside the transaction that records the stream event it
+  reports (design rule 4). It locks the stream row first, so the callbacks of one
+  stream get ids in commit order; the Celery task is queued on commit.
+- A delivery is sent only after every earlier delivery (lower id) of its stream is
+  delivered or failed. The claim is one conditional UPDATE (pending -> delivering,
+  nothing earlier still open), so however many workers and threads race, a StopStream
+  never overtakes its StartStream, and a delivered or failed row is never sent again.
+  Whoever finishes a delivery queues the next one of its stream.
+- Every try writes a CallbackAttempt row when it is claimed and fills it in when the
+  answer (or the error) is known. Retries follow `callbacks.retry`.
+- At most `STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY` deliveries of one account are in
+  flight at once, so one slow or dead endpoint cannot take every worker thread.
+- `callbacks_sweep` (Celery beat) re-queues what a lost broker message or a killed
+  worker left behind, and ends the streams of hub processes that stopped beating.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, F, OuterRef
+from django.utils import timezone
 
-from callbacks.models import CallbackDelivery
+from callbacks import http, retry, signing
+from callbacks.models import CallbackAttempt, CallbackDelivery
 
 if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
     from streams.models import Stream
 
+log = logging.getLogger(__name__)
+
 CALLBACK_EVENTS = frozenset({"StartStream", "StopStream", "DroppedStream", "DegradedStream"})
+OPEN_STATES = (CallbackDelivery.State.PENDING, CallbackDelivery.State.DELIVERING)
+DEFAULT_ACCOUNT_CONCURRENCY = 4
+ACCOUNT_BUSY_RECHECK_SECONDS = 1.0
+SWEEP_BATCH = 500
+INTERRUPTED = "interrupted: no result recorded (worker lost or message redelivered); re-queued by the sweep"
 
 
 def callback_enqueue(*, stream: Stream, event: str, params: dict[str, str]) -> CallbackDelivery | None:
     """Write the outbox row for `event` (None when the stream has no callback URL)."""
+    from streams.models import Stream
+
     if event not in CALLBACK_EVENTS:
         raise ValueError(f"{event} is not a status callback event")
     if not stream.status_callback_url:
         return None
-    delivery = CallbackDelivery.objects.create(
-        stream=stream,
-        account_id=stream.account_id,
-        event=event,
-        url=stream.status_callback_url,
-        method=stream.status_callback_method,
-        params=params,
-    )
-    transaction.on_commit(lambda: _queue(delivery.pk))
+    with transaction.atomic():
+        # Serialises the callbacks of one stream (PostgreSQL; SQLite writes are serial
+        # anyway): without it a DegradedStream could take a lower id than a StopStream
+        # yet commit after it, and a worker could send the Stop first.
+        list(Stream.objects.select_for_update().filter(pk=stream.pk).values_list("pk", flat=True))
+        delivery = CallbackDelivery.objects.create(
+            stream=stream,
+            account_id=stream.account_id,
+            event=event,
+            url=stream.status_callback_url,
+            method=stream.status_callback_method,
+            params=params,
+        )
+        transaction.on_commit(lambda: _queue(delivery.pk))
     return delivery
 
 
-def _queue(delivery_id: int) -> None:
+def _queue(delivery_id: int, *, countdown: float | None = None, check_order: bool = True) -> None:
     from callbacks.tasks import queue_delivery
 
-    queue_delivery(delivery_id)
+    queue_delivery(delivery_id, countdown=countdown, check_order=check_order)
+
+
+def _earlier_open() -> Exists:
+    return Exists(
+        CallbackDelivery.objects.filter(stream_id=OuterRef("stream_id"), pk__lt=OuterRef("pk"), state__in=OPEN_STATES)
+    )
+
+
+def _account_full(limit: int) -> Exists:
+    """True when `limit` deliveries of the row's account are already in flight."""
+    in_flight = CallbackDelivery.objects.filter(
+        account_id=OuterRef("account_id"), state=CallbackDelivery.State.DELIVERING
+    ).order_by()
+    return Exists(in_flight[limit - 1 : limit])
+
+
+def callback_is_blocked(delivery_id: int) -> bool:
+    """An earlier delivery of the same stream is still open: its finisher queues this one."""
+    return CallbackDelivery.objects.filter(pk=delivery_id).filter(_earlier_open()).exists()
+
+
+def callback_next(*, stream_id: int) -> int | None:
+    """The delivery of this stream to send next, if any."""
+    pending = CallbackDelivery.objects.filter(stream_id=stream_id, state=CallbackDelivery.State.PENDING)
+    return pending.order_by("pk").values_list("pk", flat=True).first()
+
+
+def _policy() -> retry.Policy:
+    return retry.Policy(
+        max_attempts=settings.STREAMHUB_CALLBACK_MAX_ATTEMPTS,
+        base=settings.STREAMHUB_CALLBACK_BACKOFF_SECONDS,
+        cap=settings.STREAMHUB_CALLBACK_BACKOFF_MAX_SECONDS,
+        max_age=settings.STREAMHUB_CALLBACK_MAX_AGE_SECONDS,
+    )
+
+
+def _account_concurrency() -> int:
+    return max(1, int(getattr(settings, "STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY", DEFAULT_ACCOUNT_CONCURRENCY)))
+
+
+def redacted_url(url: str) -> str:
+    """For log lines: customers put tokens in callback query strings."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+
+
+def _claim(delivery: CallbackDelivery, now: datetime) -> CallbackAttempt | None:
+    with transaction.atomic():
+        claimed = (
+            CallbackDelivery.objects.filter(
+                pk=delivery.pk, state=CallbackDelivery.State.PENDING, next_attempt_at__lte=now
+            )
+            .exclude(_earlier_open())
+            .exclude(_account_full(_account_concurrency()))
+            .update(state=CallbackDelivery.State.DELIVERING, claimed_at=now, attempt_count=F("attempt_count") + 1)
+        )
+        if not claimed:
+            return None
+        number = CallbackDelivery.objects.values_list("attempt_count", flat=True).get(pk=delivery.pk)
+        return CallbackAttempt.objects.create(delivery_id=delivery.pk, number=number, started_at=now)
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    action: str  # sent | done | not-due | waiting | account-busy | taken
+    verdict: retry.Verdict | None = None
+
+
+def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
+    """Try delivery `delivery_id` once if it is due, first in its stream and claimable.
+
+    Safe to run any number of times for the same id (duplicate tasks, sweep re-queues):
+    only the caller whose conditional claim succeeds sends anything.
+    """
+    now = timezone.now()
+    delivery = CallbackDelivery.objects.select_related("account").filter(pk=delivery_id).first()
+    if delivery is None or delivery.state != CallbackDelivery.State.PENDING:
+        return AttemptOutcome("done")
+    if delivery.next_attempt_at > now:
+        # An early or duplicate message: come back when it is due.
+        _queue(delivery.pk, countdown=(delivery.next_attempt_at - now).total_seconds(), check_order=False)
+        return AttemptOutcome("not-due")
+    attempt = _claim(delivery, now)
+    if attempt is None:
+        if callback_is_blocked(delivery.pk):
+            return AttemptOutcome("waiting")
+        fresh = CallbackDelivery.objects.filter(pk=delivery.pk).values_list("state", flat=True).first()
+        if fresh == CallbackDelivery.State.PENDING:
+            _queue(delivery.pk, countdown=ACCOUNT_BUSY_RECHECK_SECONDS, check_order=False)
+            return AttemptOutcome("account-busy")
+        return AttemptOutcome("taken")
+
+    prepared = http.prepare(method=delivery.method, url=delivery.url, params=delivery.params)
+    nonce = signing.new_nonce()
+    signed_params = delivery.params if delivery.method == "POST" else {}
+    prepared.headers.update(
+        signing.sign_callback(
+            method=delivery.method,
+            url=str(prepared.url),
+            params=signed_params,
+            auth_token=delivery.account.auth_token,
+            nonce=nonce,
+        )
+    )
+    prepared.headers["webhook-id"] = str(delivery.idempotency_id)
+    result = http.send(
+        prepared,
+        timeout=settings.STREAMHUB_CALLBACK_TIMEOUT_SECONDS,
+        excerpt_limit=CallbackAttempt.RESPONSE_EXCERPT_LIMIT,
+    )
+    decision = retry.decide(
+        status_code=result.status_code,
+        error=result.error,
+        attempt=attempt.number,
+        created_at=delivery.created_at,
+        now=timezone.now(),
+        idempotency_id=str(delivery.idempotency_id),
+        policy=_policy(),
+        retry_after=result.retry_after,
+    )
+    _finish(delivery, attempt, result, decision)
+    log.info(
+        "callback %s %s #%d %s -> %s (%s, %d ms)",
+        delivery.pk,
+        delivery.event,
+        attempt.number,
+        redacted_url(delivery.url),
+        decision.verdict.value,
+        result.status_code or result.error,
+        result.latency_ms,
+    )
+    return AttemptOutcome("sent", decision.verdict)
+
+
+def _finish(
+    delivery: CallbackDelivery, attempt: CallbackAttempt, result: http.HttpResult, decision: retry.Decision
+) -> None:
+    now = timezone.now()
+    state = CallbackDelivery.State
+    with transaction.atomic():
+        CallbackAttempt.objects.filter(pk=attempt.pk).update(
+            status_code=result.status_code,
+            latency_ms=result.latency_ms,
+            error=result.error[:500],
+            response_excerpt=result.body_excerpt[: CallbackAttempt.RESPONSE_EXCERPT_LIMIT],
+        )
+        # Conditional on our claim (state + try number): if the sweep took the row back
+        # meanwhile, a success still counts (it saves a resend) but nothing else does.
+        mine = CallbackDelivery.objects.filter(pk=delivery.pk, attempt_count=attempt.number)
+        if decision.verdict is retry.Verdict.DELIVERED:
+            done = mine.filter(state__in=OPEN_STATES).update(state=state.DELIVERED, delivered_at=now, last_error="")
+        elif decision.verdict is retry.Verdict.RETRY and decision.retry_at is not None:
+            done = mine.filter(state=state.DELIVERING).update(
+                state=state.PENDING, next_attempt_at=decision.retry_at, last_error=decision.reason[:500]
+            )
+            if done:
+                delay = max(0.0, (decision.retry_at - now).total_seconds())
+                transaction.on_commit(lambda: _queue(delivery.pk, countdown=delay, check_order=False))
+            return
+        else:
+            done = mine.filter(state=state.DELIVERING).update(state=state.FAILED, last_error=decision.reason[:500])
+        if done:
+            transaction.on_commit(lambda: _queue_next(delivery.stream_id))
+
+
+def _queue_next(stream_id: int) -> None:
+    next_id = callback_next(stream_id=stream_id)
+    if next_id is not None:
+        _queue(next_id, check_order=False)
+
+
+# --- the sweep -----------------------------------------------------------------------
+
+
+def callbacks_requeue_stale(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> int:
+    """Re-queue deliveries that nothing is working on any more; returns how many."""
+    now = now or timezone.now()
+    deadline = now - timedelta(seconds=settings.STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS)
+    state = CallbackDelivery.State
+    requeued = 0
+    handled: set[int] = set()  # streams whose next delivery this sweep already queued
+
+    # Claimed long ago and never finished: the worker died mid-try (SIGKILL, OOM, host
+    # lost). The try counts; its attempt row says it was interrupted.
+    stale: QuerySet[CallbackDelivery] = CallbackDelivery.objects.filter(
+        state=state.DELIVERING, claimed_at__lt=deadline
+    ).order_by("pk")
+    for row in stale[:limit]:
+        exhausted = row.attempt_count >= settings.STREAMHUB_CALLBACK_MAX_ATTEMPTS
+        with transaction.atomic():
+            mine = CallbackDelivery.objects.filter(pk=row.pk, state=state.DELIVERING, attempt_count=row.attempt_count)
+            if exhausted:
+                taken = mine.update(
+                    state=state.FAILED, last_error=f"worker lost mid-try; gave up after {row.attempt_count} attempts"
+                )
+            else:
+                taken = mine.update(state=state.PENDING, next_attempt_at=now, last_error=INTERRUPTED)
+            if not taken:
+                continue
+            handled.add(row.stream_id)
+            CallbackAttempt.objects.filter(
+                delivery_id=row.pk, number=row.attempt_count, status_code=None, error=""
+            ).update(error=INTERRUPTED)
+            if exhausted:
+                transaction.on_commit(lambda stream_id=row.stream_id: _queue_next(stream_id))
+            else:
+                transaction.on_commit(lambda pk=row.pk: _queue(pk, check_order=False))
+        requeued += 1
+
+    # Pending, first in its stream, and due long ago: its broker message was lost (a
+    # broker that was down at publish time, a worker that died holding it). Moving
+    # next_attempt_at keeps the next sweeps from queueing it again and again.
+    lost = (
+        CallbackDelivery.objects.filter(state=state.PENDING, next_attempt_at__lt=deadline)
+        .exclude(_earlier_open())
+        .order_by("pk")
+        .values_list("pk", "stream_id", "next_attempt_at")
+    )
+    for pk, stream_id, due in lost[:limit]:
+        if stream_id in handled:
+            continue
+        with transaction.atomic():
+            if CallbackDelivery.objects.filter(pk=pk, state=state.PENDING, next_attempt_at=due).update(
+                next_attempt_at=now
+            ):
+                transaction.on_commit(lambda pk=pk: _queue(pk, check_order=False))
+                requeued += 1
+    return requeued
+
+
+def streams_close_orphaned(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> int:
+    """End active streams held by hub processes that stopped beating; returns how many it ended.
+
+    Exactly once however many sweepers run: `stream_end` is a conditional update.
+    """
+    from streams.models import Call, HubProcess, Stream
+    from streams.services import stream_end
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.STREAMHUB_ORPHAN_AFTER_SECONDS)
+    alive = HubProcess.objects.filter(heartbeat_at__gte=cutoff).values("server_id")
+    orphans = (
+        Stream.objects.filter(end_time__isnull=True, created_at__lt=cutoff)
+        .exclude(server_id__in=alive)
+        .select_related("account", "call")
+        .order_by("pk")
+    )
+    ended = 0
+    for stream in orphans[:limit]:
+        error = f"hub process {stream.server_id or '(unknown)'} stopped responding"
+        if stream_end(stream=stream, reason=Stream.Reason.CONNECTION_ERROR, error=error, notify_session=False):
+            ended += 1
+            log.warning("ended stream %s: %s", stream.stream_id, error)
+    calls = (
+        Call.objects.filter(status=Call.Status.LIVE, started_at__lt=cutoff)
+        .exclude(server_id__in=alive)
+        .exclude(streams__end_time__isnull=True)
+        .order_by("pk")
+    )
+    for call in calls[:limit]:
+        if call.mark_ended():
+            log.warning("ended call %s: hub process %s stopped responding", call.call_uuid, call.server_id)
+    return ended
+
+
+def callbacks_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    now = now or timezone.now()
+    return {
+        "streams_ended": streams_close_orphaned(now=now),
+        "callbacks_requeued": callbacks_requeue_stale(now=now),
+    }
