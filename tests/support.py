@@ -88,8 +88,8 @@ class Customer:
         received: list[dict[str, Any]] = []
         self.connections.append(received)
         self.ws.append(conn)
-        if self.never_read:
-            await asyncio.sleep(3600)
+        if self.never_read:  # the library reads max_queue messages, then stops reading the socket
+            await conn.wait_closed()
             return
         async for raw in conn:
             message = json.loads(raw)

@@ -285,3 +285,30 @@ async def test_query_token_authenticates_and_d1_keeps_non_uuid_ids(hub: Proc, ac
     assert call.gateway_metadata["gateway_call_id"] == "CA123"
     uuid.UUID(str(call.call_uuid))
     await eventually(db(lambda: Call.objects.filter(pk=call.pk, status="ended").exists()))
+
+
+async def test_a_consumer_that_never_reads_is_degraded_then_dropped_and_others_lose_nothing(
+    hub_factory: object, account: Account
+) -> None:
+    hub = hub_factory(STREAMHUB_STREAM_BUFFER_SECONDS="3")  # type: ignore[operator]
+    pcm = ramp(8000 * 12)
+    async with Customer(never_read=True) as stuck, Customer() as healthy:
+        gw = await gateway_for(hub, account).open(
+            {"streams": [{"serviceUrl": stuck.url}, {"serviceUrl": healthy.url}]}
+        )
+        await eventually(lambda: healthy.events("start") and stuck.attempts == 1)
+        await gw.send_frames(pcm, interval=0.002)  # 12 s of audio, faster than real time
+        dropped = await ended_stream(account=account, service_url=stuck.url)
+        await eventually(lambda: len(healthy.events("media")) >= 600, timeout=20)
+        await gw.close()
+    assert dropped.status == "failed" and dropped.hangup_reason == "Connection error"
+    assert "slow connection" in dropped.last_error
+    events = await db(
+        lambda: list(StreamEvent.objects.filter(stream=dropped).values_list("event", "params"))
+    )()
+    degraded = [params["BufferUsage"] for name, params in events if name == "DegradedStream"]
+    assert degraded == ["30", "60", "90"]
+    assert events[-1][0] == "DroppedStream"
+    assert any(pct > 0 for _, pct in dropped.buffer_samples)
+    media = healthy.events("media")
+    assert b"".join(base64.b64decode(m["media"]["payload"]) for m in media) == pcm
