@@ -202,7 +202,7 @@ def _clean_broker() -> None:
     """Leftover messages from an earlier run must not reach this run's worker."""
     if not settings.REDIS_URL:
         shutil.rmtree(settings.BROKER_DIR, ignore_errors=True)
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (settings.BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     else:
         import redis

@@ -293,9 +293,7 @@ async def test_a_consumer_that_never_reads_is_degraded_then_dropped_and_others_l
     hub = hub_factory(STREAMHUB_STREAM_BUFFER_SECONDS="3")  # type: ignore[operator]
     pcm = ramp(8000 * 12)
     async with Customer(never_read=True) as stuck, Customer() as healthy:
-        gw = await gateway_for(hub, account).open(
-            {"streams": [{"serviceUrl": stuck.url}, {"serviceUrl": healthy.url}]}
-        )
+        gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": stuck.url}, {"serviceUrl": healthy.url}]})
         await eventually(lambda: healthy.events("start") and stuck.attempts == 1)
         await gw.send_frames(pcm, interval=0.002)  # 12 s of audio, faster than real time
         dropped = await ended_stream(account=account, service_url=stuck.url)
@@ -303,9 +301,7 @@ async def test_a_consumer_that_never_reads_is_degraded_then_dropped_and_others_l
         await gw.close()
     assert dropped.status == "failed" and dropped.hangup_reason == "Connection error"
     assert "slow connection" in dropped.last_error
-    events = await db(
-        lambda: list(StreamEvent.objects.filter(stream=dropped).values_list("event", "params"))
-    )()
+    events = await db(lambda: list(StreamEvent.objects.filter(stream=dropped).values_list("event", "params")))()
     degraded = [params["BufferUsage"] for name, params in events if name == "DegradedStream"]
     assert degraded == ["30", "60", "90"]
     assert events[-1][0] == "DroppedStream"
