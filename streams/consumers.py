@@ -128,6 +128,9 @@ class IngestConsumer(AsyncWebsocketConsumer):
     def clear_command(self) -> str | None:
         return None
 
+    def mark_command(self, correlation_id: str) -> str | None:
+        return None
+
 
 class AudioForkConsumer(IngestConsumer):
     gateway = "audio-fork"

@@ -45,6 +45,11 @@ class GatewayLink(Protocol):
     def clear_command(self) -> str | None:
         """The TEXT frame that makes the gateway drop audio it buffered (barge-in)."""
 
+    def mark_command(self, correlation_id: str) -> str | None:
+        """A TEXT frame the gateway answers once the audio before it has been played
+        (Asterisk MARK_MEDIA), or None: then a checkpoint is acknowledged as soon as its
+        last frame has been written (D10)."""
+
 
 class CallSession:
     def __init__(self, *, account: Account, link: GatewayLink, gateway: str) -> None:
@@ -66,6 +71,10 @@ class CallSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ended = False
         self.bad_frames = 0
+        self.frames_in = 0
+        self.playback_paused = False
+        self._marks: dict[str, tuple[str, str]] = {}  # correlation id -> (stream id, checkpoint name)
+        self._mark_seq = 0
 
     # --- setup ------------------------------------------------------------------------
 
@@ -142,9 +151,11 @@ class CallSession:
             return
         relays = self._relay_list
         if not relays:
+            self.frames_in += len(data) // self._reframer.size
             return
         tap = self._tap
         for frame in self._reframer.push(data):
+            self.frames_in += 1
             if self.channels == 2:
                 inbound, outbound = split_stereo(frame)
             else:
@@ -172,7 +183,12 @@ class CallSession:
         return self.playback.append_checkpoint(relay.stream_id, name)
 
     def clear(self, relay: StreamRelay) -> tuple[int, list[str]]:
-        dropped = self.playback.clear(relay.stream_id)
+        frames, names = self.playback.clear(relay.stream_id)
+        for correlation_id, (owner, name) in list(self._marks.items()):
+            if owner == relay.stream_id:  # the gateway flushes these marks too: never acknowledged (D12)
+                del self._marks[correlation_id]
+                names.append(name)
+        dropped = frames, names
         command = self.link.clear_command()
         if command is not None:
             self._spawn(self.link.send_text(command))
@@ -207,7 +223,54 @@ class CallSession:
             if relay is not None:
                 relay.played_ms += 20
                 for name in played.checkpoints:
-                    relay.on_played(name)
+                    self._checkpoint_reached(relay, name)
+            while self.playback_paused and not self.ended:
+                wake.clear()
+                await wake.wait()
+
+    def _checkpoint_reached(self, relay: StreamRelay, name: str) -> None:
+        self._mark_seq += 1
+        correlation_id = f"m{self._mark_seq}"
+        command = self.link.mark_command(correlation_id)
+        if command is None:
+            relay.on_played(name)
+            return
+        self._marks[correlation_id] = (relay.stream_id, name)
+        self._spawn(self.link.send_text(command))
+
+    def gateway_mark_processed(self, correlation_id: str) -> None:
+        """The gateway played everything before a mark: a truthful playedStream."""
+        owner_name = self._marks.pop(correlation_id, None)
+        if owner_name is None:
+            return
+        relay = self.relays.get(owner_name[0])
+        if relay is not None:
+            relay.on_played(owner_name[1])
+
+    def pause_playback(self, paused: bool) -> None:
+        """Gateway flow control (Asterisk MEDIA_XOFF / MEDIA_XON); the queue keeps the rest."""
+        self.playback_paused = paused
+        if not paused:
+            self._play_wake.set()
+
+    def start_silence_clock(self, tolerance_frames: int = 3) -> None:
+        """For gateways that send nothing while the caller is silent (Asterisk): keep each
+        stream's 20 ms cadence by feeding silence once audio is more than
+        `tolerance_frames` behind the wall clock."""
+        self._spawn(self._silence_clock(tolerance_frames))
+
+    async def _silence_clock(self, tolerance: int) -> None:
+        loop = asyncio.get_running_loop()
+        start, base, tick = loop.time(), self.frames_in, 0
+        frame = self._silence if self.channels == 1 else self._silence * 2
+        while not self.ended:
+            tick += 1
+            delay = start + tick * 0.020 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            deficit = tick - (self.frames_in - base) - tolerance
+            if deficit > 0:
+                self.feed_audio(frame * min(deficit, 50))
 
     # --- the end ----------------------------------------------------------------------
 
