@@ -72,6 +72,12 @@ def channel_layer(redis_url: str | None) -> dict[str, Any]:
     if redis_url:
         return {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_url], "capacity": 1000, "expiry": 30},
+            # redis-py 8 reads with a 5 s socket timeout by default, exactly channels-redis's
+            # BZPOPMIN timeout: an idle call's receive then dies with TimeoutError (1011).
+            "CONFIG": {
+                "hosts": [{"address": redis_url, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                "capacity": 1000,
+                "expiry": 30,
+            },
         }
     return {"BACKEND": "channels.layers.InMemoryChannelLayer"}

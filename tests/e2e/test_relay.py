@@ -308,3 +308,19 @@ async def test_a_consumer_that_never_reads_is_degraded_then_dropped_and_others_l
     assert any(pct > 0 for _, pct in dropped.buffer_samples)
     media = healthy.events("media")
     assert b"".join(base64.b64decode(m["media"]["payload"]) for m in media) == pcm
+
+
+async def test_an_idle_call_outlives_the_channel_layers_read_timeout(hub: Proc, account: Account) -> None:
+    """Regression: with redis-py 8 an idle Redis channel-layer receive died after 5 s (close 1011)."""
+    from django.conf import settings
+
+    if not settings.REDIS_URL:
+        pytest.skip("only the Redis channel layer has a read timeout")
+    async with Customer() as customer:
+        gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": customer.url}]})
+        await eventually(lambda: customer.events("start"))
+        await asyncio.sleep(6.5)
+        await gw.send(ramp(160))
+        await eventually(lambda: customer.events("media"))
+        assert gw.ws is not None and gw.ws.close_code is None
+        await gw.close()
