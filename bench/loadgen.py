@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import itertools
 import json
 import statistics
 import struct
@@ -115,11 +116,11 @@ async def gateway(
         if read_task is not None:
             read_task.cancel()
             if len(arrivals) > 10:
-                gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+                gaps = [b - a for a, b in itertools.pairwise(arrivals)]
                 stats.play_gaps += [g for g in gaps if g < 0.2]  # gaps inside a clip, not between clips
                 # drift: within each burst of contiguous frames, actual vs ideal elapsed time
                 run_start = 0
-                for i, gap in enumerate(gaps + [1.0]):
+                for i, gap in enumerate([*gaps, 1.0]):
                     if gap >= 0.2:
                         n = i - run_start
                         if n >= 40:

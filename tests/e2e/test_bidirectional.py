@@ -96,7 +96,7 @@ async def test_played_stream_follows_the_last_frame_and_audio_is_exact(hub: Proc
     assert acked >= last - 0.005, "playedStream before the clip's last frame left"
     assert acked - last <= 0.040
     assert 0.90 <= acked - first <= 1.10  # ~980 ms after the first frame (D10)
-    played = [m for m in customer.messages if m.get("event") == "playedStream"][0]
+    played = next(m for m in customer.messages if m.get("event") == "playedStream")
     assert played == {
         "event": "playedStream",
         "sequenceNumber": played["sequenceNumber"],
