@@ -13,9 +13,13 @@ import json
 import sys
 import time
 import uuid
+from functools import partial
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+
+
+dumps = partial(json.dumps, separators=(",", ":"))
 
 
 async def handle(gateway: ServerConnection) -> None:
@@ -24,7 +28,7 @@ async def handle(gateway: ServerConnection) -> None:
     stream_id, call_id = str(uuid.uuid4()), str(uuid.uuid4())
     async with connect(url, compression=None, max_size=None) as customer:
         await customer.send(
-            json.dumps(
+            dumps(
                 {
                     "event": "start",
                     "sequenceNumber": 1,
@@ -46,7 +50,7 @@ async def handle(gateway: ServerConnection) -> None:
             seq += 1
             chunk += 1
             await customer.send(
-                json.dumps(
+                dumps(
                     {
                         "event": "media",
                         "sequenceNumber": seq,

@@ -173,6 +173,9 @@ def ok(result: dict[str, Any]) -> bool:
 
 
 def row(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"{r['server']:<10} load generator failed: {r['error']}"
+    r = {k: ("-" if v is None else v) for k, v in r.items()}
     return (
         f"{r['server']:<10} {r['calls']:>5} {r.get('sent', 0):>8} {r.get('received', 0):>8} {r.get('lost', '-'):>6} "
         f"{r.get('duplicates', '-'):>4} {r.get('out_of_order', '-'):>4} {r.get('p50_ms', '-'):>7} "

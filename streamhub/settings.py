@@ -78,7 +78,10 @@ _default_db = f"sqlite:///{DATA_DIR / 'db.sqlite3'}"
 DATABASES = {
     "default": dj_database_url.parse(
         os.getenv("DATABASE_URL") or _default_db,
-        conn_max_age=env_int("STREAMHUB_DB_CONN_MAX_AGE", default=0, minimum=0),
+        # Persistent connections: a call's lifecycle writes would otherwise each pay a new
+        # PostgreSQL connection (several ms), which serialises call set-up under load.
+        conn_max_age=env_int("STREAMHUB_DB_CONN_MAX_AGE", default=60, minimum=0),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):

@@ -11,10 +11,10 @@ import logging
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from streams import capacity, control, gateway_auth, protocol
+from streams.dbasync import db_async
 from streams.models import Account
 from streams.session import CallSession
 
@@ -43,7 +43,7 @@ class IngestConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.account = await database_sync_to_async(gateway_auth.authenticate)(self.scope)
+        self.account = await db_async(gateway_auth.authenticate)(self.scope)
         if self.account is None:
             log.warning("%s ingest refused: missing or wrong credentials", self.gateway)
             await self.close()

@@ -24,7 +24,6 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -32,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from streams import protocol, services
 from streams.audio import Decoder, Encoder, Format
 from streams.buffer import Degraded, Overflow, SendBuffer
+from streams.dbasync import db_async
 from streams.models import Stream
 from streams.playback import QueueFull
 
@@ -93,6 +93,8 @@ class StreamRelay:
         self._events: list[tuple[str, str, dict[str, Any]]] = []
         self._event_counts: dict[str, int] = {}
         self._events_wake = asyncio.Event()
+        # one DB write of this stream at a time, so debug events and callbacks keep their order
+        self._db_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timeout: asyncio.TimerHandle | None = None
@@ -193,7 +195,8 @@ class StreamRelay:
         )
         self.connected = True
         await self._flush_now()  # debug events so far, in order, before StartStream
-        await database_sync_to_async(services.stream_mark_started)(stream=stream)
+        async with self._db_lock:
+            await db_async(services.stream_mark_started)(stream=stream)
         reader = self._spawn(self._read(ws))
         try:
             await self._write(ws)
@@ -234,9 +237,10 @@ class StreamRelay:
         stats = {"frames_sent": self.frames_sent, "played_ms": self.played_ms, "buffer_samples": self.samples}
         try:
             await self._flush_now()
-            await database_sync_to_async(services.stream_end)(
-                stream=self.stream, reason=reason, error=self.end_error, stats=stats, notify_session=False
-            )
+            async with self._db_lock:
+                await db_async(services.stream_end)(
+                    stream=self.stream, reason=reason, error=self.end_error, stats=stats, notify_session=False
+                )
         except Exception:
             log.exception("could not record the end of stream %s", self.stream_id)
         finally:
@@ -377,13 +381,14 @@ class StreamRelay:
             await self._flush_now()
 
     async def _flush_now(self) -> None:
-        if not self._events:
-            return
-        entries, self._events = self._events, []
-        try:
-            await database_sync_to_async(services.stream_log_batch)(stream=self.stream, entries=entries)
-        except Exception:
-            log.exception("could not write %d debug events of stream %s", len(entries), self.stream_id)
+        async with self._db_lock:
+            if not self._events:
+                return
+            entries, self._events = self._events, []
+            try:
+                await db_async(services.stream_log_batch)(stream=self.stream, entries=entries)
+            except Exception:
+                log.exception("could not write %d debug events of stream %s", len(entries), self.stream_id)
 
 
 def describe_connect_error(exc: BaseException) -> str:

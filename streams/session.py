@@ -16,12 +16,12 @@ import uuid
 from collections import deque
 from typing import Any, Protocol
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import IntegrityError
 
 from streams import capacity, protocol, services
 from streams.audio import Reframer, frame_bytes, silence, split_stereo
+from streams.dbasync import db_async
 from streams.models import Account, Call, Stream
 from streams.playback import Pacer, PlaybackQueue
 from streams.relay import StreamRelay, redact_url
@@ -87,7 +87,7 @@ class CallSession:
     async def begin(self, meta: protocol.GatewayMetadata) -> Call:
         """Create the live Call row and start the streams the metadata asks for."""
         self.set_format(rate=meta.sample_rate, channels=meta.channels)
-        self.call = await database_sync_to_async(_open_call)(account=self.account, meta=meta, gateway=self.gateway)
+        self.call = await db_async(_open_call)(account=self.account, meta=meta, gateway=self.gateway)
         registry.add(self)
         for error in meta.errors:
             await self.link.send_text(protocol.gateway_error(error))
@@ -99,9 +99,7 @@ class CallSession:
                 await self.link.send_text(protocol.gateway_error(f"streams[{index}] refused: {exc}"))
                 continue
             try:
-                stream = await database_sync_to_async(services.stream_create)(
-                    call=self.call, params=params, notify_session=False
-                )
+                stream = await db_async(services.stream_create)(call=self.call, params=params, notify_session=False)
             except services.StreamConflict:
                 message = f"streams[{index}] refused: an active stream to {params.service_url} exists on this call"
                 await self.link.send_text(protocol.gateway_error(message))
@@ -124,7 +122,7 @@ class CallSession:
         """A stream created elsewhere (REST, admin) on this call: dial it from here."""
         if self.call is None or self.ended:
             return
-        stream = await database_sync_to_async(_load_stream)(call=self.call, stream_id=stream_id)
+        stream = await db_async(_load_stream)(call=self.call, stream_id=stream_id)
         if stream is not None:
             self.add_relay(stream)
 
@@ -292,7 +290,7 @@ class CallSession:
             task.cancel()
         if self.call is not None:
             try:
-                await database_sync_to_async(services.call_end)(call=self.call, notify_session=False)
+                await db_async(services.call_end)(call=self.call, notify_session=False)
             except Exception:
                 log.exception("could not end call %s", self.call.call_uuid)
         registry.discard(self)
@@ -357,7 +355,7 @@ class Registry:
     async def _beat(self) -> None:
         while True:
             try:
-                await database_sync_to_async(services.hub_heartbeat)(
+                await db_async(services.hub_heartbeat)(
                     server_id=settings.STREAMHUB_SERVER_ID,
                     live_calls=len(self.sessions),
                     capacity=capacity.admission.limit,
