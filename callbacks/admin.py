@@ -1,0 +1,211 @@
+"""Callback deliveries in the console: every delivery with every attempt, and a redeliver action.
+
+Deliveries are the outbox (written by the hub, sent by Celery), so they are read-only here.
+Redelivering resets a failed delivery to pending with a conditional update (a delivery
+that is pending, in flight or delivered is left alone) and hands it to the worker once that
+reset is committed; its attempt history is kept and numbering goes on from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from callbacks.models import CallbackAttempt, CallbackDelivery
+from callbacks.services import CALLBACK_EVENTS
+from streams import admin_views
+from streams.admin import ReadOnlyRecordAdmin, link, parse_uuid, truncate
+from streams.admin_views import utc
+
+
+class CallbackEventFilter(admin.SimpleListFilter):
+    """Fixed choices: no DISTINCT over the outbox to build them."""
+
+    title = "event"
+    parameter_name = "event"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in sorted(CALLBACK_EVENTS)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[CallbackDelivery]) -> QuerySet[CallbackDelivery]:
+        return queryset.filter(event=self.value()) if self.value() else queryset
+
+
+class CallbackAttemptInline(admin.TabularInline):
+    model = CallbackAttempt
+    extra = 0
+    can_delete = False
+    fields = ("number", "started_utc", "status_code", "latency_ms", "error", "response_excerpt")
+    readonly_fields = fields
+    ordering = ("number",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="started (UTC)")
+    def started_utc(self, obj: CallbackAttempt) -> str:
+        return utc(obj.started_at, millis=True)
+
+
+@admin.register(CallbackDelivery)
+class CallbackDeliveryAdmin(ReadOnlyRecordAdmin):
+    list_display = (
+        "id",
+        "event",
+        "stream_link",
+        "account",
+        "target",
+        "state",
+        "attempt_count",
+        "next_attempt_utc",
+        "created_utc",
+        "delivered_utc",
+        "error_excerpt",
+    )
+    list_filter = ("state", CallbackEventFilter, "account")
+    list_select_related = ("stream", "account")
+    search_fields = ("url",)
+    search_help_text = "Stream ID or idempotency ID (whole), or part of the callback URL"
+    ordering = ("-id",)
+    show_full_result_count = False
+    list_per_page = 100
+    fields = (
+        "stream",
+        "account",
+        "event",
+        "method",
+        "url",
+        "state",
+        "attempt_count",
+        "idempotency_id",
+        "created_utc",
+        "next_attempt_utc",
+        "claimed_utc",
+        "delivered_utc",
+        "last_error",
+        "parameters",
+    )
+    readonly_fields = fields
+    inlines = (CallbackAttemptInline,)
+    actions = ("redeliver_selected",)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[CallbackDelivery], search_term: str
+    ) -> tuple[QuerySet[CallbackDelivery], bool]:
+        for term in search_term.split():
+            exact = parse_uuid(term)
+            if exact is not None:
+                queryset = queryset.filter(Q(stream__stream_id=exact) | Q(idempotency_id=exact))
+            else:
+                queryset = queryset.filter(url__icontains=term)
+        return queryset, False
+
+    @admin.display(description="stream", ordering="stream__stream_id")
+    def stream_link(self, obj: CallbackDelivery) -> str:
+        return link(reverse("admin:streams_stream_change", args=[obj.stream_id]), obj.stream.stream_id)
+
+    @admin.display(description="URL", ordering="url")
+    def target(self, obj: CallbackDelivery) -> str:
+        return format_html('<span title="{}">{} {}</span>', obj.url, obj.method, truncate(obj.url, 48))
+
+    @admin.display(description="next attempt (UTC)", ordering="next_attempt_at")
+    def next_attempt_utc(self, obj: CallbackDelivery) -> str:
+        return utc(obj.next_attempt_at) if obj.state == CallbackDelivery.State.PENDING else "—"
+
+    @admin.display(description="created (UTC)", ordering="created_at")
+    def created_utc(self, obj: CallbackDelivery) -> str:
+        return utc(obj.created_at)
+
+    @admin.display(description="claimed (UTC)")
+    def claimed_utc(self, obj: CallbackDelivery) -> str:
+        return utc(obj.claimed_at)
+
+    @admin.display(description="delivered (UTC)", ordering="delivered_at")
+    def delivered_utc(self, obj: CallbackDelivery) -> str:
+        return utc(obj.delivered_at)
+
+    @admin.display(description="last error")
+    def error_excerpt(self, obj: CallbackDelivery) -> str:
+        return truncate(obj.last_error, 60)
+
+    @admin.display(description="parameters")
+    def parameters(self, obj: CallbackDelivery) -> str:
+        pairs = admin_views.param_pairs(obj.params)
+        rows = format_html_join("", "<dt>{}</dt><dd>{}</dd>", pairs)
+        return format_html('<dl class="params">{}</dl>', rows) if pairs else "—"
+
+    @admin.action(description="Redeliver selected failed callbacks", permissions=["change"])
+    def redeliver_selected(self, request: HttpRequest, queryset: QuerySet[CallbackDelivery]) -> TemplateResponse | None:
+        if admin_views.too_many(self, request, queryset):
+            return None
+        deliveries = list(queryset.select_related("stream"))
+        if not admin_views.confirmed(request):
+            return admin_views.confirm(
+                self,
+                request,
+                title="Redeliver these callbacks?",
+                question="Each failed delivery goes back to pending and is sent again, with retries, "
+                "keeping its idempotency ID and its attempt history.",
+                items=[
+                    admin_views.Item(
+                        pk=d.pk,
+                        label=f"#{d.pk} {d.event} of stream {d.stream.stream_id} → {d.url}",
+                        note=f"failed after {d.attempt_count} attempts"
+                        if d.state == CallbackDelivery.State.FAILED
+                        else f"{d.state}, will be left alone",
+                        affected=d.state == CallbackDelivery.State.FAILED,
+                    )
+                    for d in deliveries
+                ],
+                submit="Yes, redeliver",
+                action="redeliver_selected",
+            )
+        redelivered = self.redeliver(request, [d.pk for d in deliveries])
+        skipped = [d.pk for d in deliveries if d.pk not in redelivered]
+        if redelivered:
+            self.message_user(
+                request,
+                f"Queued {admin_views.plural(len(redelivered), 'callback')} for redelivery: "
+                f"{admin_views.describe([f'#{pk}' for pk in redelivered])}.",
+                messages.SUCCESS,
+            )
+        if skipped:
+            self.message_user(
+                request,
+                f"{admin_views.plural(len(skipped), 'callback')} had not failed and "
+                f"{'was' if len(skipped) == 1 else 'were'} left alone: "
+                f"{admin_views.describe([f'#{pk}' for pk in skipped])}.",
+                messages.WARNING,
+            )
+        return None
+
+    def redeliver(self, request: HttpRequest, delivery_ids: list[int]) -> list[int]:
+        """Reset the failed ones among delivery_ids to pending and queue them; returns the ids reset."""
+        reset: list[int] = []
+        with transaction.atomic():
+            for delivery_id in delivery_ids:
+                # Conditional, so a delivery the worker or another operator just touched is not sent twice.
+                done = CallbackDelivery.objects.filter(pk=delivery_id, state=CallbackDelivery.State.FAILED).update(
+                    state=CallbackDelivery.State.PENDING, next_attempt_at=timezone.now(), claimed_at=None
+                )
+                if done:
+                    reset.append(delivery_id)
+            if reset:
+                for delivery in CallbackDelivery.objects.filter(pk__in=reset):
+                    self.log_change(request, delivery, "Queued for redelivery")
+                admin_views.queue_deliveries(reset)
+        return reset
