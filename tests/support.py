@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db import connections
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -38,7 +39,16 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
 
 
 def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    return sync_to_async(fn, thread_sensitive=True)
+    """Run ORM code from an async test; the worker thread's connection is closed after,
+    so PostgreSQL can drop the test database at the end."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    return sync_to_async(run, thread_sensitive=True)
 
 
 def tone(ms: int, rate: int = 8000, freq: float = 440.0, amp: int = 8000, phase: int = 0) -> bytes:
