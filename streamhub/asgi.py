@@ -10,12 +10,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "streamhub.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from streams.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # The admin's CSS/JS, served by the hub itself (no collectstatic, no web server
+        # needed for a self-hosted console; put a CDN or nginx in front if you prefer).
+        "http": ASGIStaticFilesHandler(django_asgi_app),
         # No AllowedHostsOriginValidator: gateways send Host without a port and an
         # arbitrary Origin (FreeSWITCH) or none (Asterisk); they authenticate instead.
         "websocket": URLRouter(websocket_urlpatterns),

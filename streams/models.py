@@ -72,6 +72,9 @@ class HubProcess(models.Model):
     live_calls = models.PositiveIntegerField(default=0)
     capacity = models.PositiveIntegerField(default=0)
 
+    class Meta:
+        verbose_name_plural = "hub processes"
+
     def __str__(self) -> str:
         return self.server_id
 
