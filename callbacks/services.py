@@ -8,11 +8,17 @@ Contract:
   delivered or failed. The claim is one conditional UPDATE (pending -> delivering,
   nothing earlier still open), so however many workers and threads race, a StopStream
   never overtakes its StartStream, and a delivered or failed row is never sent again.
-  Whoever finishes a delivery queues the next one of its stream.
+- A task that finished a try goes on, in the same thread, with the oldest delivery of
+  the same account that is now due and first in its stream (`callback_run`): a
+  stream's callbacks cost one broker round trip, not one each, and an account's
+  backlog is served first come, first served.
 - Every try writes a CallbackAttempt row when it is claimed and fills it in when the
   answer (or the error) is known. Retries follow `callbacks.retry`.
 - At most `STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY` deliveries of one account are in
-  flight at once, so one slow or dead endpoint cannot take every worker thread.
+  flight at once, so one slow or dead endpoint cannot take every worker thread. A
+  task that finds its account full simply ends: the account's running tasks pick its
+  delivery up when they go on (the claim check and their look for more work cannot
+  both miss it).
 - `callbacks_sweep` (Celery beat) re-queues what a lost broker message or a killed
   worker left behind, and ends the streams of hub processes that stopped beating.
 """
@@ -20,6 +26,7 @@ Contract:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -43,7 +50,9 @@ log = logging.getLogger(__name__)
 CALLBACK_EVENTS = frozenset({"StartStream", "StopStream", "DroppedStream", "DegradedStream"})
 OPEN_STATES = (CallbackDelivery.State.PENDING, CallbackDelivery.State.DELIVERING)
 DEFAULT_ACCOUNT_CONCURRENCY = 4
-ACCOUNT_BUSY_RECHECK_SECONDS = 1.0
+# How long one task keeps going with its account's backlog before handing over to a
+# fresh task (keeps tasks well under the broker's visibility timeout).
+RUN_BUDGET_SECONDS = 20.0
 SWEEP_BATCH = 500
 INTERRUPTED = "interrupted: no result recorded (worker lost or message redelivered); re-queued by the sweep"
 
@@ -104,6 +113,14 @@ def callback_next(*, stream_id: int) -> int | None:
     return pending.order_by("pk").values_list("pk", flat=True).first()
 
 
+def callback_ready(*, account_id: int, now: datetime | None = None) -> int | None:
+    """The oldest delivery of this account that could be sent right now (due, first in its stream)."""
+    ready = CallbackDelivery.objects.filter(
+        account_id=account_id, state=CallbackDelivery.State.PENDING, next_attempt_at__lte=now or timezone.now()
+    ).exclude(_earlier_open())
+    return ready.order_by("pk").values_list("pk", flat=True).first()
+
+
 def _policy() -> retry.Policy:
     return retry.Policy(
         max_attempts=settings.STREAMHUB_CALLBACK_MAX_ATTEMPTS,
@@ -120,7 +137,8 @@ def _account_concurrency() -> int:
 def redacted_url(url: str) -> str:
     """For log lines: customers put tokens in callback query strings."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+    host = parts.netloc.rpartition("@")[2]  # no userinfo either
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _claim(delivery: CallbackDelivery, now: datetime) -> CallbackAttempt | None:
@@ -143,6 +161,7 @@ def _claim(delivery: CallbackDelivery, now: datetime) -> CallbackAttempt | None:
 class AttemptOutcome:
     action: str  # sent | done | not-due | waiting | account-busy | taken
     verdict: retry.Verdict | None = None
+    account_id: int | None = None
 
 
 def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
@@ -165,8 +184,7 @@ def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
             return AttemptOutcome("waiting")
         fresh = CallbackDelivery.objects.filter(pk=delivery.pk).values_list("state", flat=True).first()
         if fresh == CallbackDelivery.State.PENDING:
-            _queue(delivery.pk, countdown=ACCOUNT_BUSY_RECHECK_SECONDS, check_order=False)
-            return AttemptOutcome("account-busy")
+            return AttemptOutcome("account-busy")  # a running task of the account will take it
         return AttemptOutcome("taken")
 
     prepared = http.prepare(method=delivery.method, url=delivery.url, params=delivery.params)
@@ -208,7 +226,26 @@ def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
         result.status_code or result.error,
         result.latency_ms,
     )
-    return AttemptOutcome("sent", decision.verdict)
+    return AttemptOutcome("sent", decision.verdict, delivery.account_id)
+
+
+def callback_run(*, delivery_id: int, budget: float = RUN_BUDGET_SECONDS) -> list[AttemptOutcome]:
+    """Try `delivery_id`, then keep the account's slot busy with its oldest ready delivery.
+
+    What a Celery task runs. Stops when the account has nothing ready (or its slots
+    are full), or after `budget` seconds, handing the next ready delivery to a new task.
+    """
+    started = time.monotonic()
+    outcomes = [callback_attempt(delivery_id=delivery_id)]
+    while outcomes[-1].action == "sent" and outcomes[-1].account_id is not None:
+        next_id = callback_ready(account_id=outcomes[-1].account_id)
+        if next_id is None:
+            break
+        if time.monotonic() - started > budget:
+            _queue(next_id, check_order=False)
+            break
+        outcomes.append(callback_attempt(delivery_id=next_id))
+    return outcomes
 
 
 def _finish(
@@ -227,7 +264,7 @@ def _finish(
         # meanwhile, a success still counts (it saves a resend) but nothing else does.
         mine = CallbackDelivery.objects.filter(pk=delivery.pk, attempt_count=attempt.number)
         if decision.verdict is retry.Verdict.DELIVERED:
-            done = mine.filter(state__in=OPEN_STATES).update(state=state.DELIVERED, delivered_at=now, last_error="")
+            mine.filter(state__in=OPEN_STATES).update(state=state.DELIVERED, delivered_at=now, last_error="")
         elif decision.verdict is retry.Verdict.RETRY and decision.retry_at is not None:
             done = mine.filter(state=state.DELIVERING).update(
                 state=state.PENDING, next_attempt_at=decision.retry_at, last_error=decision.reason[:500]
@@ -237,9 +274,7 @@ def _finish(
                 transaction.on_commit(lambda: _queue(delivery.pk, countdown=delay, check_order=False))
             return
         else:
-            done = mine.filter(state=state.DELIVERING).update(state=state.FAILED, last_error=decision.reason[:500])
-        if done:
-            transaction.on_commit(lambda: _queue_next(delivery.stream_id))
+            mine.filter(state=state.DELIVERING).update(state=state.FAILED, last_error=decision.reason[:500])
 
 
 def _queue_next(stream_id: int) -> None:

@@ -63,8 +63,9 @@ class Receiver:
         self.defaults: dict[str, Behaviour] = {}
         self.hits: list[Hit] = []
         self.acknowledged: dict[str, dict[str, str]] = {}  # webhook-id -> params, first 2xx only
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
+        self.closing = threading.Event()  # cuts every Slow answer short at the end of a test
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -112,6 +113,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # one small answer per request: no 40 ms delayed-ACK stalls
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -161,9 +163,11 @@ class Receiver:
                     self._answer(status, {}, b"late")
                     return
                 if isinstance(behaviour, Slow):
-                    time.sleep(behaviour.seconds)
                     hit.status = status = behaviour.status
-                receiver._record(hit)
+                    receiver._record(hit)  # on arrival: the test looks at who got through when
+                    receiver.closing.wait(behaviour.seconds)
+                else:
+                    receiver._record(hit)
                 self._answer(status, extra, payload)
 
             def _answer(self, status: int, headers: dict[str, str], payload: bytes) -> None:
@@ -187,6 +191,7 @@ class Receiver:
         return self
 
     def stop(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 

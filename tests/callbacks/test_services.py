@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from callbacks import services, tasks
 from callbacks.models import CallbackAttempt, CallbackDelivery
+from callbacks.retry import Verdict
 from streams import services as stream_services
 from streams.models import Account, Call, HubProcess, Stream
 from tests.callbacks.conftest import deliveries, open_stream, started_stream
@@ -144,18 +145,19 @@ def test_a_delivered_callback_is_never_sent_again(account: Account, receiver: Re
 
 
 def test_a_404_fails_at_once_and_the_next_callback_goes(
-    account: Account, receiver: Receiver, published: Published, django_capture_on_commit_callbacks: Any
+    account: Account, receiver: Receiver, published: Published
 ) -> None:
-    stream = started_stream(account, receiver.url("/gone", account.auth_token, default=404))
+    stream = started_stream(account, receiver.url("/gone", account.auth_token, 404, default=200))
     stream_services.stream_end(stream=stream, reason=Stream.Reason.API_REQUEST, notify_session=False)
     start, stop = deliveries(stream)
-    with django_capture_on_commit_callbacks(execute=True):
-        assert attempt(start) == "sent"
+    outcomes = services.callback_run(delivery_id=start.pk)
+    assert [(o.action, o.verdict) for o in outcomes] == [("sent", Verdict.FAIL), ("sent", Verdict.DELIVERED)]
     start.refresh_from_db()
-    assert start.state == State.FAILED
+    stop.refresh_from_db()
+    assert start.state == State.FAILED and stop.state == State.DELIVERED
     assert start.last_error == "HTTP 404 (not retried)"
     assert [a.status_code for a in start.attempts.all()] == [404]
-    assert published.ids() == [stop.pk]
+    assert [h.status for h in receiver.hits_for("/gone")] == [404, 200]
 
 
 def test_a_503_is_retried_later_and_not_before_it_is_due(
@@ -238,9 +240,9 @@ def test_a_later_callback_waits_for_the_earlier_one(
     assert services.callback_is_blocked(stop.pk)
     assert attempt(stop) == "waiting"
     assert receiver.hits_for("/cb") == []
-    with django_capture_on_commit_callbacks(execute=True):
-        assert attempt(start) == "sent"
-    assert published.ids() == [stop.pk]
+    assert services.callback_ready(account_id=account.pk) == start.pk
+    assert attempt(start) == "sent"
+    assert services.callback_ready(account_id=account.pk) == stop.pk
     assert attempt(stop) == "sent"
     assert [hit.params["Event"] for hit in receiver.hits_for("/cb")] == ["StartStream", "StopStream"]
 
@@ -253,10 +255,40 @@ def test_one_account_cannot_fill_every_slot(
     CallbackDelivery.objects.filter(stream=busy).update(state=State.DELIVERING, claimed_at=timezone.now())
     waiting = started_stream(account, receiver.url("/a", account.auth_token))
     other = started_stream(other_account, receiver.url("/b", other_account.auth_token))
+    published.clear()
     assert attempt(deliveries(waiting)[0]) == "account-busy"
-    assert published[-1] == (deliveries(waiting)[0].pk, services.ACCOUNT_BUSY_RECHECK_SECONDS)
+    assert published == []  # not re-queued: the account's running task goes on with it
     assert attempt(deliveries(other)[0]) == "sent"
     assert receiver.hits_for("/a") == [] and len(receiver.hits_for("/b")) == 1
+
+
+def test_a_task_goes_on_with_its_accounts_backlog_oldest_first(
+    account: Account, other_account: Account, receiver: Receiver, published: Published
+) -> None:
+    first = started_stream(account, receiver.url("/a", account.auth_token))
+    second = started_stream(account, receiver.url("/a", account.auth_token))
+    elsewhere = started_stream(other_account, receiver.url("/b", other_account.auth_token))
+    for stream in (first, second, elsewhere):
+        stream_services.stream_end(stream=stream, reason=Stream.Reason.API_REQUEST, notify_session=False)
+    outcomes = services.callback_run(delivery_id=deliveries(first)[0].pk)
+    assert [o.action for o in outcomes] == ["sent"] * 4
+    sent = [(h.params["StreamID"], h.params["Event"]) for h in receiver.hits_for("/a")]
+    assert sent == [
+        (str(first.stream_id), "StartStream"),
+        (str(second.stream_id), "StartStream"),
+        (str(first.stream_id), "StopStream"),
+        (str(second.stream_id), "StopStream"),
+    ]
+    assert receiver.hits_for("/b") == []  # another account's work is its own tasks' business
+
+
+def test_a_task_hands_over_when_its_time_is_up(account: Account, receiver: Receiver, published: Published) -> None:
+    stream = started_stream(account, receiver.url("/a", account.auth_token))
+    stream_services.stream_end(stream=stream, reason=Stream.Reason.API_REQUEST, notify_session=False)
+    start, stop = deliveries(stream)
+    published.clear()
+    assert [o.action for o in services.callback_run(delivery_id=start.pk, budget=0)] == ["sent"]
+    assert published == [(stop.pk, None)]
 
 
 @pytest.mark.django_db(transaction=True)
