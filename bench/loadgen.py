@@ -25,7 +25,6 @@ from websockets.asyncio.server import ServerConnection, serve
 
 HEADER = struct.Struct("<QII")  # send time µs, call index, frame number
 FRAME = 320
-WARMUP_FRAMES = 50
 
 
 def now_us() -> int:
@@ -43,6 +42,9 @@ class Stats:
         self.play_gaps: list[float] = []
         self.play_drift: list[float] = []
         self.connected = 0
+        self.steady_from_us = 0
+        self.opened: dict[int, float] = {}
+        self.setup: list[float] = []
 
 
 async def customer(conn: ServerConnection, stats: Stats, bidi: bool) -> None:
@@ -55,10 +57,12 @@ async def customer(conn: ServerConnection, stats: Stats, bidi: bool) -> None:
         if pos < 0:
             if '"start"' in raw:
                 stats.connected += 1
+                if index in stats.opened:
+                    stats.setup.append(time.monotonic() - stats.opened[index])
             continue
         head = base64.b64decode(raw[pos + 11 : pos + 11 + 24])
         sent_us, idx, number = HEADER.unpack_from(head)
-        if number >= WARMUP_FRAMES:  # the first second includes the stream's set-up (D2 buffering)
+        if sent_us >= stats.steady_from_us:  # steady state: every call has been set up
             stats.latencies.append(at - sent_us)
         stats.received[idx] += 1
         last = stats.last[idx]
@@ -75,7 +79,6 @@ async def customer(conn: ServerConnection, stats: Stats, bidi: bool) -> None:
                     {"event": "playAudio", "media": {"contentType": "audio/x-l16", "sampleRate": 8000, "payload": clip}}
                 )
             )
-    del index
 
 
 async def gateway(
@@ -151,6 +154,8 @@ async def main() -> None:
     server = await serve(lambda c: customer(c, stats, args.bidi), "127.0.0.1", 0, compression=None, max_size=None)
     port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     begin = time.monotonic() + 0.5
+    # latency counts only once every call is up: set-up is reported separately (setup_p50/p99)
+    stats.steady_from_us = int((begin + args.ramp_seconds + 2.0) * 1e6)
     tasks = []
     for i in range(args.calls):
         start = begin + args.ramp_seconds * i / args.calls  # spread the phases of the 20 ms clocks
@@ -173,6 +178,8 @@ async def main() -> None:
         "lost": sum(stats.sent) - sum(stats.received),
         "duplicates": stats.duplicates,
         "out_of_order": stats.out_of_order,
+        "setup_p50_ms": round(1000 * pct(stats.setup, 0.5), 1),
+        "setup_p99_ms": round(1000 * pct(stats.setup, 0.99), 1),
         "p50_ms": round(pct(lat, 0.5), 2),
         "p99_ms": round(pct(lat, 0.99), 2),
         "max_ms": round(max(lat or [0]), 2),

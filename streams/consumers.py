@@ -7,11 +7,15 @@ BINARY frame is a graceful-shutdown marker.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 
 from streams import capacity, control, gateway_auth, protocol
 from streams.dbasync import db_async
@@ -33,10 +37,48 @@ class IngestConsumer(AsyncWebsocketConsumer):
     account: Account | None = None
     admitted = False
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' loop, minus its per-message costs (the audio path's hottest code).
+
+        AsyncConsumer waits on the client and the channel layer with asyncio.wait and a
+        fresh task per message, and its dispatch closes old DB connections through a
+        thread hop on every message. Here the client is read in a plain loop, websocket
+        frames go straight to their handler, and control messages from the channel layer
+        are dispatched by a task of their own. Audio never touches the ORM; the session's
+        DB work runs in db_async, which does the connection housekeeping itself.
+        """
+        self.scope = scope
+        self.base_send = send
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        control: asyncio.Task[None] | None = None
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            control = asyncio.get_running_loop().create_task(self._control_loop())
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.receive":
+                    await self.websocket_receive(message)
+                else:
+                    await self.dispatch(message)
+        except StopConsumer:
+            pass
+        finally:
+            if control is not None:
+                control.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await control
+
+    async def _control_loop(self) -> None:
+        assert self.channel_layer is not None
+        while True:
+            message = await self.channel_layer.receive(self.channel_name)
+            try:
+                await self.dispatch(message)
+            except Exception:
+                log.exception("control message %s failed", message.get("type"))
+
     async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels' AsyncConsumer.dispatch closes old DB connections through a thread hop
-        # on every message; audio frames never touch the ORM, and the session's DB work
-        # runs in database_sync_to_async, which does that housekeeping itself.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"no handler for message type {message['type']}")
