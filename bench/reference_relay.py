@@ -18,7 +18,6 @@ from functools import partial
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-
 dumps = partial(json.dumps, separators=(",", ":"))
 
 
