@@ -103,7 +103,7 @@ def _account_full(limit: int) -> Exists:
 
 
 def callback_is_blocked(delivery_id: int) -> bool:
-    """An earlier delivery of the same stream is still open: its finisher queues this one."""
+    """An earlier delivery of the same stream is still open: the task that finishes it goes on with this one."""
     return CallbackDelivery.objects.filter(pk=delivery_id).filter(_earlier_open()).exists()
 
 
