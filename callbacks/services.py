@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 CALLBACK_EVENTS = frozenset({"StartStream", "StopStream", "DroppedStream", "DegradedStream"})
 OPEN_STATES = (CallbackDelivery.State.PENDING, CallbackDelivery.State.DELIVERING)
-DEFAULT_ACCOUNT_CONCURRENCY = 4
 # How long one task keeps going with its account's backlog before handing over to a
 # fresh task (keeps tasks well under the broker's visibility timeout).
 RUN_BUDGET_SECONDS = 20.0
@@ -131,7 +130,7 @@ def _policy() -> retry.Policy:
 
 
 def _account_concurrency() -> int:
-    return max(1, int(getattr(settings, "STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY", DEFAULT_ACCOUNT_CONCURRENCY)))
+    return max(1, int(settings.STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY))
 
 
 def redacted_url(url: str) -> str:

@@ -166,6 +166,8 @@ else:
         "processed_folder": str(BROKER_DIR / "processed"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
+        # kombu polls the folder once a second by default: 1-2 s per broker hop
+        "polling_interval": env_float("STREAMHUB_BROKER_POLL_SECONDS", default=0.1, minimum=0.01),
     }
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True
@@ -201,6 +203,7 @@ STREAMHUB_CALLBACK_BACKOFF_SECONDS = env_float("STREAMHUB_CALLBACK_BACKOFF_SECON
 STREAMHUB_CALLBACK_BACKOFF_MAX_SECONDS = env_float("STREAMHUB_CALLBACK_BACKOFF_MAX_SECONDS", default=300.0, minimum=0.0)
 STREAMHUB_CALLBACK_MAX_AGE_SECONDS = env_float("STREAMHUB_CALLBACK_MAX_AGE_SECONDS", default=3600.0, minimum=1.0)
 STREAMHUB_CALLBACK_TIMEOUT_SECONDS = env_float("STREAMHUB_CALLBACK_TIMEOUT_SECONDS", default=10.0, minimum=0.1)
+STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY = env_int("STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY", default=4, minimum=1)
 STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS = env_float(
     "STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS", default=120.0, minimum=0.5
 )

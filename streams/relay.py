@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import socket
 import ssl
 import time
@@ -61,9 +60,9 @@ def _ssl_context(url: str) -> ssl.SSLContext | None:
 
 
 def upgrade_headers(url: str, auth_token: str) -> dict[str, str]:
-    from callbacks.signing import sign_ws_upgrade
+    from callbacks.signing import new_nonce, sign_ws_upgrade
 
-    return sign_ws_upgrade(url, auth_token, secrets.token_hex(10))
+    return sign_ws_upgrade(url, auth_token, new_nonce())
 
 
 class StreamRelay:

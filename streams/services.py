@@ -24,6 +24,7 @@ from streams.validation import StreamParams
 log = logging.getLogger(__name__)
 
 DROPPED_SLOW = "terminated due to a slow connection: send buffer full"
+CONNECTION_ERROR = "connection disconnected with the remote service"
 
 
 class StreamConflict(Exception):
@@ -153,8 +154,12 @@ def stream_end(
         fresh = Stream.objects.select_related("account", "call").select_for_update(of=("self",)).get(pk=stream.pk)
         ended = fresh.mark_ended(reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL)
         if ended:
-            event = "DroppedStream" if reason == Stream.Reason.CONNECTION_ERROR else "StopStream"
-            stream_log(stream=fresh, event=event, error=error, extra={"HangupReason": reason})
+            if reason == Stream.Reason.CONNECTION_ERROR:  # DroppedStream always says why; StopStream never has Error
+                stream_log(
+                    stream=fresh, event="DroppedStream", error=error or CONNECTION_ERROR, extra={"HangupReason": reason}
+                )
+            else:
+                stream_log(stream=fresh, event="StopStream", extra={"HangupReason": reason})
         if stats:
             Stream.objects.filter(pk=fresh.pk).update(**stats)
     if ended and notify_session:

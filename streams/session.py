@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from typing import Any, Protocol
@@ -28,6 +29,8 @@ from streams.relay import StreamRelay, redact_url
 from streams.validation import StreamParamError, validate_stream_params
 
 log = logging.getLogger(__name__)
+
+TAP_SLACK = 0.020
 
 
 class GatewayLink(Protocol):
@@ -63,7 +66,8 @@ class CallSession:
         self._relay_list: tuple[StreamRelay, ...] = ()
         self._reframer = Reframer(frame_bytes(8000))
         self._silence = silence(8000)
-        self._tap: deque[bytes] = deque(maxlen=50)
+        # What the hub played into the call, for mono gateways' `outbound` track: (time written, frame)
+        self._tap: deque[tuple[float, bytes]] = deque(maxlen=50)
         self.playback = PlaybackQueue(frame_bytes(8000), settings.STREAMHUB_PLAYBACK_QUEUE_SECONDS)
         self.pacer = Pacer()
         self._play_wake = asyncio.Event()
@@ -93,7 +97,9 @@ class CallSession:
             await self.link.send_text(protocol.gateway_error(error))
         for index, entry in enumerate(meta.streams):
             try:
-                params = validate_stream_params(entry)
+                params = validate_stream_params(
+                    entry, forbid_private_callbacks=settings.STREAMHUB_FORBID_PRIVATE_CALLBACKS
+                )
             except StreamParamError as exc:
                 log.warning("call %s: stream %d refused: %s", self.call.call_uuid, index, exc)
                 await self.link.send_text(protocol.gateway_error(f"streams[{index}] refused: {exc}"))
@@ -156,8 +162,11 @@ class CallSession:
             self.frames_in += 1
             if self.channels == 2:
                 inbound, outbound = split_stereo(frame)
+            elif tap and (len(tap) > 1 or time.monotonic() - tap[0][0] >= TAP_SLACK):
+                # one frame of slack, so the two 20 ms clocks' jitter cannot split a clip with silence
+                inbound, outbound = frame, tap.popleft()[1]
             else:
-                inbound, outbound = frame, (tap.popleft() if tap else self._silence)
+                inbound, outbound = frame, self._silence
             for relay in relays:
                 relay.on_audio(inbound, outbound)
 
@@ -216,7 +225,7 @@ class CallSession:
                 continue
             await self.link.send_audio(played.pcm)
             pacer.sent(loop.time())
-            self._tap.append(played.pcm)
+            self._tap.append((time.monotonic(), played.pcm))
             relay = self.relays.get(played.owner)
             if relay is not None:
                 relay.played_ms += 20

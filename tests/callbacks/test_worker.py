@@ -302,7 +302,7 @@ def test_a_slow_endpoint_does_not_hold_back_another_accounts_callbacks(
         assert fast_hit.at < slow_hits[0].at + slow
         # Only the account's share of the worker's threads is tied up by its slow endpoint.
         assert len([hit for hit in slow_hits if hit.at < slow_hits[0].at + slow - 0.5]) <= (
-            services.DEFAULT_ACCOUNT_CONCURRENCY
+            settings.STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY
         )
     finally:
         receiver.closing.set()  # let the worker's threads go at teardown
