@@ -197,7 +197,7 @@ class AudioForkConsumer(IngestConsumer):
             if not data:
                 await self.graceful_shutdown()
                 return
-            session.feed_audio(data)
+            session.feed_audio_and_pump(data)
             return
         text = message.get("text") or ""
         if session.call is None:

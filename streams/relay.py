@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
 
 from streams import protocol, services
 from streams.audio import Decoder, Encoder, Format
@@ -84,6 +85,7 @@ class StreamRelay:
         self.end_reason: str | None = None
         self.end_error = ""
         self.connected = False
+        self._idle = False
         self.frames_sent = 0
         self.played_ms = 0
         self.samples: list[list[float]] = []
@@ -208,8 +210,36 @@ class StreamRelay:
             while buffer:
                 await ws.send(buffer.popleft())
                 self.frames_sent += 1
+            self._idle = True
             wake.clear()
             await wake.wait()
+            self._idle = False
+
+    def pump(self) -> None:
+        """Write what is queued from the caller's task, without waiting, while the socket takes it.
+
+        Saves the writer task a wake-up per frame. It frames with the connection's sans-I/O
+        protocol and hands the bytes to the transport (no drain: this must never block the
+        ingest). Once the transport pauses (the customer is slow) the writer, which does
+        wait for drain, takes over; it is parked while we write, so the wire keeps the
+        buffer's order. websockets is pinned; tests cover this path.
+        """
+        ws = self.ws
+        if not self._idle or ws is None or ws.paused or self.end_reason is not None:
+            self._wake.set()
+            return
+        if ws.protocol.state is not State.OPEN:
+            self._wake.set()  # the writer's send raises ConnectionClosed and ends the stream
+            return
+        buffer, protocol = self.buffer, ws.protocol
+        sent = 0
+        while buffer and not ws.paused:
+            protocol.send_text(buffer.popleft().encode())
+            ws.send_data()
+            sent += 1
+        self.frames_sent += sent
+        if buffer:
+            self._wake.set()
 
     async def _read(self, ws: ClientConnection) -> None:
         try:
@@ -264,7 +294,8 @@ class StreamRelay:
 
     # --- audio path (no await, no database) ------------------------------------------
 
-    def on_audio(self, inbound: bytes, outbound: bytes) -> None:
+    def on_audio(self, inbound: bytes, outbound: bytes, wake: bool = True) -> None:
+        """Queue 20 ms of call audio; `wake=False` when the caller will `pump()` right after."""
         if self.end_reason is not None:
             return
         buffer, template, start_ms = self.buffer, self.template, self.start_ms
@@ -280,7 +311,8 @@ class StreamRelay:
                 first = False
                 if events:
                     self._on_buffer_events(events)
-        self._wake.set()
+        if wake:
+            self._wake.set()
         now = time.monotonic()
         if now >= self._next_sample:
             self._sample(now)

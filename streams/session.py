@@ -144,7 +144,13 @@ class CallSession:
 
     # --- gateway -> streams (hot path: no await, no database) ---------------------------
 
-    def feed_audio(self, data: bytes) -> None:
+    def feed_audio_and_pump(self, data: bytes) -> None:
+        """feed_audio, then write from this task what the customer sockets take at once."""
+        self.feed_audio(data, wake=False)
+        for relay in self._relay_list:
+            relay.pump()
+
+    def feed_audio(self, data: bytes, wake: bool = True) -> None:
         if len(data) % (2 * self.channels):
             self.bad_frames += 1
             for relay in self._relay_list:
@@ -168,7 +174,7 @@ class CallSession:
             else:
                 inbound, outbound = frame, self._silence
             for relay in relays:
-                relay.on_audio(inbound, outbound)
+                relay.on_audio(inbound, outbound, wake)
 
     def on_dtmf(self, digit: str) -> None:
         for relay in self._relay_list:
