@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -31,6 +32,7 @@ from streams.validation import StreamParamError, validate_stream_params
 log = logging.getLogger(__name__)
 
 TAP_SLACK = 0.020
+RECENT_FRAMES = 150  # 3 s
 
 
 class GatewayLink(Protocol):
@@ -68,6 +70,8 @@ class CallSession:
         self._silence = silence(8000)
         # What the hub played into the call, for mono gateways' `outbound` track: (time written, frame)
         self._tap: deque[tuple[float, bytes]] = deque(maxlen=50)
+        # The last seconds of call audio, for streams started from another process (D2).
+        self._recent: deque[tuple[bytes, bytes]] = deque(maxlen=RECENT_FRAMES)
         self.playback = PlaybackQueue(frame_bytes(8000), settings.STREAMHUB_PLAYBACK_QUEUE_SECONDS)
         self.pacer = Pacer()
         self._play_wake = asyncio.Event()
@@ -114,11 +118,13 @@ class CallSession:
             self.add_relay(stream)
         return self.call
 
-    def add_relay(self, stream: Stream) -> None:
+    def add_relay(self, stream: Stream, *, backfill: bool = False) -> None:
         key = str(stream.stream_id)
         if key in self.relays or self.ended:
             return
         relay = StreamRelay(session=self, stream=stream, gateway_rate=self.rate)
+        if backfill:
+            self._backfill(relay, stream)
         self.relays[key] = relay
         self._relay_list = tuple(self.relays.values())
         relay.start()
@@ -130,7 +136,20 @@ class CallSession:
             return
         stream = await db_async(_load_stream)(call=self.call, stream_id=stream_id)
         if stream is not None:
-            self.add_relay(stream)
+            self.add_relay(stream, backfill=True)
+
+    def _backfill(self, relay: StreamRelay, stream: Stream) -> None:
+        """D2 for streams created in another process: the call audio since the row was created
+        (it reached us a moment later, over the channel layer) comes from the recent-audio ring,
+        and the stream's clock starts at its creation, so timestamps stay true."""
+        age = max(0.0, time.time() - stream.created_at.timestamp())
+        frames = min(len(self._recent), math.ceil(age / 0.020))
+        if not frames:
+            return
+        relay.start_ms = int(stream.created_at.timestamp() * 1000)
+        relay.started_mono -= age
+        for inbound, outbound in list(self._recent)[-frames:]:
+            relay.on_audio(inbound, outbound, False)
 
     def stop_stream(self, stream_id: str, reason: str = Stream.Reason.API_REQUEST) -> None:
         relay = self.relays.get(stream_id)
@@ -160,9 +179,6 @@ class CallSession:
                 )
             return
         relays = self._relay_list
-        if not relays:
-            self.frames_in += len(data) // self._reframer.size
-            return
         tap = self._tap
         for frame in self._reframer.push(data):
             self.frames_in += 1
@@ -173,6 +189,7 @@ class CallSession:
                 inbound, outbound = frame, tap.popleft()[1]
             else:
                 inbound, outbound = frame, self._silence
+            self._recent.append((inbound, outbound))
             for relay in relays:
                 relay.on_audio(inbound, outbound, wake)
 

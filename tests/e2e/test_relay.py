@@ -324,3 +324,34 @@ async def test_an_idle_call_outlives_the_channel_layers_read_timeout(hub: Proc, 
         await eventually(lambda: customer.events("media"))
         assert gw.ws is not None and gw.ws.close_code is None
         await gw.close()
+
+
+async def test_a_stream_started_over_rest_gets_the_audio_since_its_creation(hub: Proc, account: Account) -> None:
+    """D2 across processes: the row exists before the holding process hears of it; nothing in between is lost."""
+    import requests
+
+    call_id = str(uuid.uuid4())
+    async with Customer() as customer:
+        gw = await gateway_for(hub, account).open({"callId": call_id})
+        feeding = asyncio.create_task(gw.send_frames(ramp(8000 * 4), interval=0.005))
+        await asyncio.sleep(0.5)
+        response = await asyncio.to_thread(
+            requests.post,
+            f"{hub.http}/v1/Account/{account.auth_id}/Call/{call_id}/Stream/",
+            json={"service_url": customer.url},
+            auth=(account.auth_id, account.auth_token),
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        await feeding
+        await eventually(lambda: len(customer.events("media")) >= 20)
+        await gw.close()
+        stream = await ended_stream(account=account)
+    media = customer.events("media")
+    audio = b"".join(base64.b64decode(m["media"]["payload"]) for m in media)
+    first = int.from_bytes(audio[:2], "little", signed=True)
+    # contiguous from wherever it started: exactly the gateway's ramp, no frame missing
+    n = len(audio) // 2
+    assert audio == ramp(n, start=first)
+    # the stream's clock starts at the row's creation, and the audio from then on is there
+    assert int(media[0]["media"]["timestamp"]) == int(stream.created_at.timestamp() * 1000)
