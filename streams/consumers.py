@@ -25,6 +25,7 @@ from streams.session import CallSession
 log = logging.getLogger(__name__)
 
 MAX_TEXT_FRAME = 64 * 1024
+CLOSE_AT_CAPACITY = 4503
 
 
 class IngestConsumer(AsyncWebsocketConsumer):
@@ -58,7 +59,12 @@ class IngestConsumer(AsyncWebsocketConsumer):
             while True:
                 message = await receive()
                 if message["type"] == "websocket.receive":
-                    await self.websocket_receive(message)
+                    try:
+                        await self.websocket_receive(message)
+                    except Exception:  # rule 7: one bad frame never takes the call down
+                        log.exception("%s ingest: a gateway message failed", self.gateway)
+                        if self.session is not None:
+                            self.session.log_to_streams("GatewayInvalidMessage", "a gateway message failed (logged)")
                 else:
                     await self.dispatch(message)
         except StopConsumer:
@@ -68,6 +74,8 @@ class IngestConsumer(AsyncWebsocketConsumer):
                 control.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await control
+            # however the loop ended (disconnect, error, server shutdown), end the call once
+            await asyncio.shield(self.teardown())
 
     async def _control_loop(self) -> None:
         assert self.channel_layer is not None
@@ -106,10 +114,11 @@ class IngestConsumer(AsyncWebsocketConsumer):
             body = b"hub at capacity: try another hub process"
             await self.send_http_refusal(503, body)
             return
-        # Daphne cannot answer the upgrade with a status of our choosing: accept, say why, close 1013.
+        # Daphne cannot answer the upgrade with a status of our choosing: accept, say why, and
+        # close with 4503 (daphne only sends 1000 or application codes 3000-4999).
         await self.accept()
         await self.send(text_data=protocol.gateway_error("hub at capacity: try another hub process"))
-        await self.close(code=1013)
+        await self.close(code=CLOSE_AT_CAPACITY)
 
     async def send_http_refusal(self, status: int, body: bytes) -> None:
         await self.base_send(
@@ -129,15 +138,25 @@ class IngestConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(control.call_group(self.session.call.call_uuid), self.channel_name)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        session = self.session
-        if session is not None:
-            await session.end()
-            if session.call is not None:
-                await self.channel_layer.group_discard(control.call_group(session.call.call_uuid), self.channel_name)
-        if self.admitted:
-            capacity.admission.release()
-            self.admitted = False
+        await self.teardown()
         await super().websocket_disconnect(message)
+
+    async def teardown(self) -> None:
+        """End the session, leave the control group, free the admission slot: idempotent."""
+        session = self.session
+        try:
+            if session is not None:
+                await session.end()
+                if session.call is not None and self.channel_layer is not None:
+                    await self.channel_layer.group_discard(
+                        control.call_group(session.call.call_uuid), self.channel_name
+                    )
+        except Exception:
+            log.exception("%s ingest: teardown failed", self.gateway)
+        finally:
+            if self.admitted:
+                capacity.admission.release()
+                self.admitted = False
 
     # --- control from the service layer (channel layer group call.<uuid>) ---------------
 
@@ -183,8 +202,7 @@ class AudioForkConsumer(IngestConsumer):
 
     async def _begin(self, meta: protocol.GatewayMetadata) -> None:
         assert self.session is not None
-        await self.session.begin(meta)
-        await self.joined()
+        await self.session.begin(meta, joined=self.joined)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         session = self.session

@@ -146,7 +146,7 @@ def _object(text: str | bytes, limit: int) -> dict[str, Any]:
         raise ProtocolError(f"message of {len(text)} characters is over the {limit} limit")
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError also covers ints over Python's digit limit
         raise ProtocolError(f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
@@ -251,7 +251,7 @@ def parse_gateway_metadata(text: str, *, defaults: dict[str, str] | None = None)
         _apply(meta, key, value)
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         meta.raw = text[:8192]
         return meta
     if not isinstance(data, dict):

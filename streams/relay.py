@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -44,8 +45,9 @@ FRAME_SECONDS = 0.020
 SOCKET_SNDBUF = 32 * 1024  # D7: keep the kernel's share of a backlog small and countable
 WRITE_LIMIT = 16 * 1024
 MAX_MESSAGE = 16 * 1024 * 1024  # D14: beyond this the library closes with 1009
-DEBUG_EVENT_LIMIT = 50  # per kind of noisy event, then one "suppressed" note
+DEBUG_EVENT_LIMIT = 200  # per kind of peer-triggered event, then one "suppressed" note
 SAMPLE_EVERY = 1.0
+MAX_SAMPLES = 3600
 
 
 def redact_url(url: str) -> str:
@@ -57,7 +59,13 @@ def redact_url(url: str) -> str:
 def _ssl_context(url: str) -> ssl.SSLContext | None:
     if not url.startswith("wss://"):
         return None
-    return ssl.create_default_context(cafile=settings.STREAMHUB_CUSTOMER_CA_BUNDLE)
+    return _tls_context(settings.STREAMHUB_CUSTOMER_CA_BUNDLE)
+
+
+@functools.cache
+def _tls_context(cafile: str | None) -> ssl.SSLContext:
+    # ~20 ms to build (it loads the CA store): once per process, not on the event loop per call
+    return ssl.create_default_context(cafile=cafile)
 
 
 def upgrade_headers(url: str, auth_token: str) -> dict[str, str]:
@@ -86,10 +94,12 @@ class StreamRelay:
         self.end_error = ""
         self.connected = False
         self._idle = False
+        self._running = False
         self.frames_sent = 0
         self.played_ms = 0
         self.samples: list[list[float]] = []
         self._next_sample = self.started_mono
+        self._sample_every = SAMPLE_EVERY
         self._wake = asyncio.Event()
         self._events: list[tuple[str, str, dict[str, Any]]] = []
         self._event_counts: dict[str, int] = {}
@@ -124,17 +134,21 @@ class StreamRelay:
             return
         self.end_reason, self.end_error = reason, error
         task = self._task
-        if task is not None and not task.done() and task is not asyncio.current_task():
+        # Only a task that is running can be cancelled safely: cancelling one that has not
+        # started yet would skip its `finally` (and `done` would never be set).
+        if self._running and task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
 
     async def wait(self) -> None:
         await self.done.wait()
 
     async def _run(self) -> None:
+        self._running = True
         try:
-            ws = await self._connect()
-            if ws is not None:
-                await self._serve(ws)
+            if self.end_reason is None:
+                ws = await self._connect()
+                if ws is not None and self.end_reason is None:
+                    await self._serve(ws)
         except asyncio.CancelledError:
             pass
         except ConnectionClosed as exc:
@@ -162,6 +176,10 @@ class StreamRelay:
                     write_limit=WRITE_LIMIT,
                     close_timeout=2,
                     proxy=None,
+                    # A customer that stops reading stops answering pings too: let the D7
+                    # buffer (Degraded 30/60/90, then Dropped) decide, not the keepalive.
+                    ping_interval=20,
+                    ping_timeout=settings.STREAMHUB_STREAM_BUFFER_SECONDS + 20,
                 )
             except asyncio.CancelledError:
                 raise
@@ -195,14 +213,20 @@ class StreamRelay:
             )
         )
         self.connected = True
-        await self._flush_now()  # debug events so far, in order, before StartStream
-        async with self._db_lock:
-            await db_async(services.stream_mark_started)(stream=stream)
+        self._spawn(self._record_started())  # the audio does not wait for the database
         reader = self._spawn(self._read(ws))
         try:
             await self._write(ws)
         finally:
             reader.cancel()
+
+    async def _record_started(self) -> None:
+        try:
+            await self._flush_now()  # debug events so far, in order, before StartStream
+            async with self._db_lock:
+                await db_async(services.stream_mark_started)(stream=self.stream)
+        except Exception:
+            log.exception("could not record the start of stream %s", self.stream_id)
 
     async def _write(self, ws: ClientConnection) -> None:
         buffer, wake = self.buffer, self._wake
@@ -244,7 +268,11 @@ class StreamRelay:
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for message in ws:
-                self.on_customer_message(message)
+                try:
+                    self.on_customer_message(message)
+                except Exception as exc:  # rule 7: bad input never ends the stream
+                    log.exception("stream %s: customer message failed", self.stream_id)
+                    self.log_noisy("InvalidMessage", f"could not handle the message: {type(exc).__name__}")
         except ConnectionClosed as exc:
             self.stop(Stream.Reason.CONNECTION_ERROR, describe_close(exc))
             return
@@ -252,6 +280,14 @@ class StreamRelay:
         self.stop(Stream.Reason.CONNECTION_ERROR, describe_close_code(ws.close_code, ws.close_reason))
 
     async def _finish(self) -> None:
+        try:
+            await self._finish_inner()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            self.done.set()
+
+    async def _finish_inner(self) -> None:
         if self._timeout is not None:
             self._timeout.cancel()
         reason = self.end_reason or Stream.Reason.CONNECTION_ERROR
@@ -272,10 +308,6 @@ class StreamRelay:
                 )
         except Exception:
             log.exception("could not record the end of stream %s", self.stream_id)
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
-            self.done.set()
 
     async def _close_socket(self, ws: ClientConnection, reason: str) -> None:
         slow = self.end_error == services.DROPPED_SLOW
@@ -320,9 +352,11 @@ class StreamRelay:
     def _sample(self, now: float, *, force: bool = False) -> None:
         if not force and now < self._next_sample:
             return
-        self._next_sample = now + SAMPLE_EVERY
-        if len(self.samples) < 100_000:
-            self.samples.append([round(now - self.started_mono, 2), round(self.buffer.usage_pct, 1)])
+        self._next_sample = now + self._sample_every
+        self.samples.append([round(now - self.started_mono, 2), round(self.buffer.usage_pct, 1)])
+        if len(self.samples) >= MAX_SAMPLES:  # a long stream keeps a coarser picture, not a bigger one
+            self.samples = self.samples[::2]
+            self._sample_every *= 2
 
     def _on_buffer_events(self, events: list[Degraded | Overflow]) -> None:
         for event in events:
@@ -376,16 +410,16 @@ class StreamRelay:
                 self.log_noisy("InvalidMessage", str(exc))
         elif isinstance(command, protocol.Checkpoint):
             queued = session.checkpoint(self, command.name)
-            self.log_event("Checkpoint", "", {"Name": command.name, "Queued": "true" if queued else "false"})
+            self.log_noisy("Checkpoint", "", {"Name": command.name, "Queued": "true" if queued else "false"})
             if not queued:
                 self.on_played(command.name)
         elif isinstance(command, protocol.ClearAudio):
             frames, names = session.clear(self)
             self.send_text(lambda seq: protocol.cleared_audio(seq=seq, stream_id=self.stream_id))
-            self.log_event("ClearAudio", "", {"FramesDropped": frames, "CheckpointsDropped": ",".join(names)[:500]})
+            self.log_noisy("ClearAudio", "", {"FramesDropped": frames, "CheckpointsDropped": ",".join(names)[:500]})
         elif isinstance(command, protocol.SendDTMF):
             supported = session.send_dtmf(self, command.digits)
-            self.log_event(
+            self.log_noisy(
                 "SendDTMF", "" if supported else "this gateway has no DTMF command", {"Digits": command.digits}
             )
         else:
@@ -397,11 +431,12 @@ class StreamRelay:
         self._events.append((event, error, extra or {}))
         self._events_wake.set()
 
-    def log_noisy(self, event: str, error: str) -> None:
+    def log_noisy(self, event: str, error: str, extra: dict[str, Any] | None = None) -> None:
+        """A debug event a peer can trigger at will: the first DEBUG_EVENT_LIMIT of each kind are kept."""
         count = self._event_counts.get(event, 0) + 1
         self._event_counts[event] = count
         if count <= DEBUG_EVENT_LIMIT:
-            self.log_event(event, error[:1000])
+            self.log_event(event, error[:1000], extra)
         elif count == DEBUG_EVENT_LIMIT + 1:
             self.log_event(event, f"more than {DEBUG_EVENT_LIMIT} such events; further ones are not logged")
 
@@ -446,7 +481,10 @@ def describe_close_code(code: int | None, reason: str | None) -> str:
 
 
 def describe_close(exc: ConnectionClosed) -> str:
-    frame = exc.rcvd or exc.sent
-    if exc.sent is not None and exc.sent.code == 1009:
-        return describe_close_code(1009, exc.sent.reason)
+    if exc.rcvd is None and exc.sent is not None:  # we closed first (size limit, keepalive)
+        if exc.sent.code == 1009:
+            return describe_close_code(1009, exc.sent.reason)
+        reason = f" ({exc.sent.reason})" if exc.sent.reason else ""
+        return f"the hub closed the connection with code {exc.sent.code}{reason}"
+    frame = exc.rcvd
     return describe_close_code(frame.code if frame else None, frame.reason if frame else None)

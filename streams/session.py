@@ -16,6 +16,7 @@ import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -78,6 +79,7 @@ class CallSession:
         self._play_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ended = False
+        self._ending: asyncio.Future[None] | None = None
         self.bad_frames = 0
         self.frames_in = 0
         self.playback_paused = False
@@ -92,11 +94,19 @@ class CallSession:
         self._silence = silence(rate)
         self.playback = PlaybackQueue(frame_bytes(rate), settings.STREAMHUB_PLAYBACK_QUEUE_SECONDS)
 
-    async def begin(self, meta: protocol.GatewayMetadata) -> Call:
-        """Create the live Call row and start the streams the metadata asks for."""
+    async def begin(
+        self, meta: protocol.GatewayMetadata, *, joined: Callable[[], Awaitable[None]] | None = None
+    ) -> Call:
+        """Create the live Call row and start the streams the metadata asks for.
+
+        `joined` runs as soon as the call exists (the consumer joins the call's control
+        group there), so a stream started over REST meanwhile is not missed.
+        """
         self.set_format(rate=meta.sample_rate, channels=meta.channels)
         self.call = await db_async(_open_call)(account=self.account, meta=meta, gateway=self.gateway)
         registry.add(self)
+        if joined is not None:
+            await joined()
         for error in meta.errors:
             await self.link.send_text(protocol.gateway_error(error))
         for index, entry in enumerate(meta.streams):
@@ -113,6 +123,12 @@ class CallSession:
             except services.StreamConflict:
                 message = f"streams[{index}] refused: an active stream to {params.service_url} exists on this call"
                 await self.link.send_text(protocol.gateway_error(message))
+                continue
+            except services.CallNotLive:
+                return self.call
+            except Exception:
+                log.exception("call %s: stream %d could not be created", self.call.call_uuid, index)
+                await self.link.send_text(protocol.gateway_error(f"streams[{index}] refused: internal error"))
                 continue
             stream.account, stream.call = self.account, self.call
             self.add_relay(stream)
@@ -210,7 +226,14 @@ class CallSession:
         self._play_wake.set()
 
     def checkpoint(self, relay: StreamRelay, name: str) -> bool:
-        return self.playback.append_checkpoint(relay.stream_id, name)
+        """False when it is due at once; True when it waits behind this stream's audio or marks."""
+        if self.playback.append_checkpoint(relay.stream_id, name):
+            return True
+        if any(owner == relay.stream_id for owner, _ in self._marks.values()):
+            # the gateway still has to confirm an earlier checkpoint: acks stay in order
+            self._checkpoint_reached(relay, name)
+            return True
+        return False
 
     def clear(self, relay: StreamRelay) -> tuple[int, list[str]]:
         frames, names = self.playback.clear(relay.stream_id)
@@ -232,6 +255,16 @@ class CallSession:
         return True
 
     async def _playback_loop(self) -> None:
+        try:
+            await self._playback()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call %s: playback stopped", self.call.call_uuid if self.call else "?")
+        finally:
+            self._play_task = None  # the next playAudio starts a fresh loop
+
+    async def _playback(self) -> None:
         loop = asyncio.get_running_loop()
         queue, pacer, wake = self.playback, self.pacer, self._play_wake
         while not self.ended:
@@ -310,9 +343,16 @@ class CallSession:
         await self.end()
 
     async def end(self) -> None:
-        """The call is over: every stream ends with "Call hangup", then the call row."""
-        if self.ended:
-            return
+        """The call is over: every stream ends with "Call hangup", then the call row.
+
+        One shared, shielded task, so a hang-up racing the gateway's disconnect (or a
+        cancelled consumer) cannot leave the session half-ended.
+        """
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self._end())
+        await asyncio.shield(self._ending)
+
+    async def _end(self) -> None:
         self.ended = True
         relays = list(self.relays.values())
         for relay in relays:

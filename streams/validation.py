@@ -73,7 +73,10 @@ def parse_bool(value: Any) -> bool:
     raise ValueError("must be true or false")
 
 
-def parse_positive_int(value: Any) -> int:
+MAX_STREAM_TIMEOUT = 30 * 86400
+
+
+def parse_positive_int(value: Any, maximum: int = MAX_STREAM_TIMEOUT) -> int:
     if isinstance(value, bool):
         raise ValueError("must be a positive integer")
     if isinstance(value, int):
@@ -86,6 +89,8 @@ def parse_positive_int(value: Any) -> int:
         raise ValueError("must be a positive integer")
     if number <= 0:
         raise ValueError("must be a positive integer")
+    if number > maximum:
+        raise ValueError(f"must be at most {maximum}")
     return number
 
 

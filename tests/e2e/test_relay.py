@@ -355,3 +355,21 @@ async def test_a_stream_started_over_rest_gets_the_audio_since_its_creation(hub:
     assert audio == ramp(n, start=first)
     # the stream's clock starts at the row's creation, and the audio from then on is there
     assert int(media[0]["media"]["timestamp"]) == int(stream.created_at.timestamp() * 1000)
+
+
+async def test_a_gateway_that_hangs_up_during_set_up_leaves_nothing_behind(hub: Proc, account: Account) -> None:
+    """Review finding: a relay stopped before its task ran never finished, and the call stayed live."""
+    import requests
+
+    async with Customer() as customer:
+        for _ in range(5):
+            gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": customer.url}]})
+            await gw.send(ramp(160))
+            await gw.close()  # while the hub is still creating the rows
+        await eventually(db(lambda: Stream.objects.filter(account=account).count() == 5))
+        await eventually(db(lambda: not Stream.objects.filter(account=account, end_time__isnull=True).exists()))
+        await eventually(db(lambda: not Call.objects.filter(account=account, status="live").exists()))
+    ready = await asyncio.to_thread(requests.get, f"{hub.http}/readyz", timeout=5)
+    assert ready.json()["live_calls"] == 0
+    reasons = await db(lambda: set(Stream.objects.values_list("hangup_reason", flat=True)))()
+    assert reasons == {"Call hangup"}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 
 import pytest
@@ -151,10 +152,8 @@ def test_the_customer_parser_only_returns_commands_or_protocol_errors(message: s
     dtmf=st.one_of(st.text(max_size=70), st.none()),
 )
 def test_structured_fuzz_never_escapes(event: str, media: dict[str, object], name: object, dtmf: object) -> None:
-    try:
+    with contextlib.suppress(ProtocolError):
         parse_customer_message(json.dumps({"event": event, "media": media, "name": name, "dtmf": dtmf}))
-    except ProtocolError:
-        pass
 
 
 def test_gateway_metadata_variants() -> None:
@@ -189,3 +188,13 @@ def test_gateway_events() -> None:
     with pytest.raises(ProtocolError):
         parse_gateway_event('{"event":"dtmf","dtmf":"Z"}')
     assert json.loads(protocol.gateway_send_dtmf("1234#")) == {"type": "sendDTMF", "data": {"dtmf": "1234#"}}
+
+
+def test_numbers_beyond_pythons_digit_limit_are_protocol_errors() -> None:
+    huge = "1" * 5000
+    with pytest.raises(ProtocolError, match="invalid JSON"):
+        parse_customer_message('{"event":"checkpoint","name":' + huge + "}")
+    with pytest.raises(ProtocolError, match="invalid JSON"):
+        parse_gateway_event('{"event":"dtmf","duration":' + huge + "}")
+    meta = parse_gateway_metadata('{"callId":' + huge + "}")
+    assert meta.call_id == "" and isinstance(meta.raw, str)

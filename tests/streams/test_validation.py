@@ -152,3 +152,8 @@ def test_ws_urls_never_crash_and_only_ws_schemes_pass(text: str) -> None:
 def test_generated_ws_urls_are_accepted(scheme: str, host: str, port: int | None, path: str) -> None:
     url = f"{scheme}://{host}{f':{port}' if port else ''}{path}"
     assert check_ws_url(url) == url
+
+
+@pytest.mark.parametrize("value", [1e308, 10**12, "99999999999", 30 * 86400 + 1])
+def test_absurd_timeouts_are_refused_before_they_reach_the_database(value: object) -> None:
+    assert "at most" in errors_of({"service_url": URL, "stream_timeout": value})["stream_timeout"]
