@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from django.urls import path
 
+from streams.asterisk import AsteriskConsumer
 from streams.consumers import AudioForkConsumer
 
 websocket_urlpatterns = [
     path("ingest/audio-fork", AudioForkConsumer.as_asgi()),
+    path("ingest/asterisk", AsteriskConsumer.as_asgi()),
 ]
