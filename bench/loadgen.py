@@ -42,6 +42,7 @@ class Stats:
         self.play_gaps: list[float] = []
         self.play_drift: list[float] = []
         self.connected = 0
+        self.drift_seconds = 0.0
         self.steady_from_us = 0
         self.opened: dict[int, float] = {}
         self.setup: list[float] = []
@@ -57,6 +58,16 @@ async def customer(conn: ServerConnection, stats: Stats, bidi: bool) -> None:
         if pos < 0:
             if '"start"' in raw:
                 stats.connected += 1
+                if stats.drift_seconds:  # one continuous clip: playback drift over its whole length
+                    for _ in range(int(stats.drift_seconds)):
+                        await conn.send(
+                            json.dumps(
+                                {
+                                    "event": "playAudio",
+                                    "media": {"contentType": "audio/x-l16", "sampleRate": 8000, "payload": clip},
+                                }
+                            )
+                        )
                 if index in stats.opened:
                     stats.setup.append(time.monotonic() - stats.opened[index])
             continue
@@ -73,7 +84,7 @@ async def customer(conn: ServerConnection, stats: Stats, bidi: bool) -> None:
         else:
             stats.last[idx] = number
         media_seen += 1
-        if bidi and media_seen % 50 == 0:
+        if bidi and not stats.drift_seconds and media_seen % 50 == 0:
             await conn.send(
                 json.dumps(
                     {"event": "playAudio", "media": {"contentType": "audio/x-l16", "sampleRate": 8000, "payload": clip}}
@@ -128,7 +139,7 @@ async def gateway(
                 for i, gap in enumerate([*gaps, 1.0]):
                     if gap >= 0.2:
                         n = i - run_start
-                        if n >= 40:
+                        if n >= 40 and (not stats.drift_seconds or n >= 40 * stats.drift_seconds):
                             stats.play_drift.append(arrivals[i] - arrivals[run_start] - n * 0.02)
                         run_start = i + 1
 
@@ -147,9 +158,12 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--auth", default="")
     parser.add_argument("--bidi", action="store_true")
+    parser.add_argument("--drift", action="store_true", help="with --bidi: one clip as long as the call")
     parser.add_argument("--ramp-seconds", type=float, default=2.0)
     args = parser.parse_args()
     stats = Stats(args.calls)
+    if args.drift:
+        stats.drift_seconds = max(1.0, min(55.0, args.seconds - 2))
     headers = {"Authorization": f"Basic {base64.b64encode(args.auth.encode()).decode()}"} if args.auth else {}
     server = await serve(lambda c: customer(c, stats, args.bidi), "127.0.0.1", 0, compression=None, max_size=None)
     port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -125,7 +125,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def measure(name: str, url: str, pids_of: Any, calls: int, seconds: float, auth: str, bidi: bool) -> dict[str, Any]:
+def measure(
+    name: str, url: str, pids_of: Any, calls: int, seconds: float, auth: str, bidi: bool, drift: bool = False
+) -> dict[str, Any]:
     pids = pids_of()
     cpu0, wall0 = cpu_seconds(pids), time.monotonic()
     rss0 = rss_kb(pids)
@@ -143,7 +145,8 @@ def measure(name: str, url: str, pids_of: Any, calls: int, seconds: float, auth:
             "--auth",
             auth,
         ]
-        + (["--bidi"] if bidi else []),
+        + (["--bidi"] if bidi else [])
+        + (["--drift"] if drift else []),
     )
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120)
     cpu1, wall1 = cpu_seconds(pids), time.monotonic()
@@ -198,10 +201,12 @@ HEAD = (
 )
 
 
-def ramp(name: str, url: str, pids_of: Any, steps: list[int], seconds: float, auth: str, bidi: bool) -> int:
+def ramp(
+    name: str, url: str, pids_of: Any, steps: list[int], seconds: float, auth: str, bidi: bool, drift: bool = False
+) -> int:
     capacity = 0
     for calls in steps:
-        result = measure(name, url, pids_of, calls, seconds, auth, bidi)
+        result = measure(name, url, pids_of, calls, seconds, auth, bidi, drift)
         print(row(result), flush=True)
         if not ok(result):
             break
@@ -215,6 +220,7 @@ def main() -> None:
     parser.add_argument("--calls", default="50,100,200,300,400,500,600,700")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--bidi", action="store_true")
+    parser.add_argument("--drift", action="store_true", help="with --bidi: one continuous clip per call")
     parser.add_argument("--no-reference", action="store_true")
     args = parser.parse_args()
     steps = [int(n) for n in args.calls.split(",")]
@@ -269,6 +275,7 @@ def main() -> None:
                     args.seconds,
                     auth,
                     args.bidi,
+                    args.drift,
                 )
             finally:
                 stop(proc)

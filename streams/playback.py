@@ -8,8 +8,8 @@ acknowledging them (D12). Several bidirectional streams on one call share the qu
 each clearing only its own audio.
 
 The Pacer schedules frame k at t0 + k·20 ms on the monotonic clock; after a stall it
-restarts the schedule at "now" rather than bursting the backlog, and it resets when
-the queue runs empty (nothing is sent while idle, D11).
+skips the frames whose slots have passed rather than bursting the backlog or sliding
+the schedule, and it resets when the queue runs empty (nothing is sent while idle, D11).
 """
 
 from __future__ import annotations
@@ -104,12 +104,20 @@ class PlaybackQueue:
 
 
 class Pacer:
-    """Absolute-deadline 20 ms clock: frame k is due at t0 + k·period."""
+    """Absolute-deadline 20 ms clock: frame k is due at t0 + k·period, for as long as audio plays.
 
-    __slots__ = ("late_frames", "next_at", "period", "resyncs")
+    A frame a little late (up to `max_late`) is sent at once and the next ones follow
+    back to back until the schedule is met again: a small burst a gateway's jitter buffer
+    absorbs. After a longer stall the frames whose slots have passed are skipped (their
+    audio is dropped) so that the schedule stays anchored: a stall never turns into
+    permanent latency or drift.
+    """
 
-    def __init__(self, period: float = FRAME_SECONDS) -> None:
+    __slots__ = ("late_frames", "max_late", "next_at", "period", "resyncs")
+
+    def __init__(self, period: float = FRAME_SECONDS, max_late_frames: int = 3) -> None:
         self.period = period
+        self.max_late = period * max_late_frames
         self.next_at: float | None = None
         self.resyncs = 0
         self.late_frames = 0
@@ -120,14 +128,18 @@ class Pacer:
             self.next_at = now
         return max(0.0, self.next_at - now)
 
-    def sent(self, now: float) -> None:
-        """A frame left; schedule the next. After a stall of more than a frame, restart at now."""
+    def sent(self, now: float) -> int:
+        """A frame left; schedule the next. Returns how many frames to skip after a stall."""
         assert self.next_at is not None
         self.next_at += self.period
-        if now - self.next_at > self.period:
-            self.late_frames += round((now - self.next_at) / self.period)
-            self.resyncs += 1
-            self.next_at = now
+        late = now - self.next_at
+        if late <= self.max_late:
+            return 0
+        skip = int(late // self.period)
+        self.next_at += skip * self.period
+        self.resyncs += 1
+        self.late_frames += skip
+        return skip
 
     def idle(self) -> None:
         self.next_at = None

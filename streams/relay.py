@@ -97,6 +97,7 @@ class StreamRelay:
         self._running = False
         self.frames_sent = 0
         self.played_ms = 0
+        self.skipped_ms = 0
         self.samples: list[list[float]] = []
         self._next_sample = self.started_mono
         self._sample_every = SAMPLE_EVERY

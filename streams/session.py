@@ -26,7 +26,7 @@ from streams import capacity, protocol, services
 from streams.audio import Reframer, frame_bytes, silence, split_stereo
 from streams.dbasync import db_async
 from streams.models import Account, Call, Stream
-from streams.playback import Pacer, PlaybackQueue
+from streams.playback import Pacer, PlaybackQueue, Played
 from streams.relay import StreamRelay, redact_url
 from streams.validation import StreamParamError, validate_stream_params
 
@@ -280,16 +280,32 @@ class CallSession:
             if played is None:
                 continue
             await self.link.send_audio(played.pcm)
-            pacer.sent(loop.time())
+            skip = pacer.sent(loop.time())
             self._tap.append((time.monotonic(), played.pcm))
-            relay = self.relays.get(played.owner)
-            if relay is not None:
-                relay.played_ms += 20
-                for name in played.checkpoints:
-                    self._checkpoint_reached(relay, name)
+            self._played(played, sent=True)
+            if skip:  # a stall: these frames' slots have passed (see Pacer)
+                owner = self.relays.get(played.owner)
+                if owner is not None:
+                    owner.log_noisy("PlaybackStall", f"playback stalled: skipped {skip} late frames to stay on time")
+                for _ in range(skip):
+                    late = queue.next_frame()
+                    if late is None:
+                        break
+                    self._played(late, sent=False)
             while self.playback_paused and not self.ended:
                 wake.clear()
                 await wake.wait()
+
+    def _played(self, played: Played, *, sent: bool) -> None:
+        relay = self.relays.get(played.owner)
+        if relay is None:
+            return
+        if sent:
+            relay.played_ms += 20
+        else:
+            relay.skipped_ms += 20
+        for name in played.checkpoints:  # a skipped frame's time has passed too
+            self._checkpoint_reached(relay, name)
 
     def _checkpoint_reached(self, relay: StreamRelay, name: str) -> None:
         self._mark_seq += 1

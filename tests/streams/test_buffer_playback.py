@@ -128,16 +128,24 @@ def test_pacer_uses_absolute_deadlines_without_drift() -> None:
     assert pacer.resyncs == 0
 
 
-def test_pacer_drops_the_late_schedule_after_a_stall_instead_of_bursting() -> None:
+def test_pacer_catches_up_small_lateness_with_a_short_burst() -> None:
     pacer, now = Pacer(), 0.0
     pacer.due_in(now)
-    pacer.sent(now)
-    now = 1.0  # stalled for a second
-    assert pacer.due_in(now) == 0
-    pacer.sent(now)
-    assert pacer.resyncs == 1
-    assert pacer.due_in(now) == pytest.approx(0.0)  # restarted at "now"
-    pacer.sent(now)
-    assert pacer.due_in(now) == pytest.approx(0.02)
+    assert pacer.sent(0.05) == 0  # 30 ms late: within the 60 ms tolerance
+    assert pacer.due_in(0.05) == 0  # the next frame follows at once...
+    assert pacer.sent(0.05) == 0
+    assert pacer.due_in(0.05) == 0
+    assert pacer.sent(0.05) == 0
+    assert pacer.due_in(0.05) == pytest.approx(0.01)  # ...until the schedule is met again
+
+
+def test_pacer_skips_the_late_schedule_after_a_stall_and_stays_anchored() -> None:
+    pacer, now = Pacer(), 0.0
+    pacer.due_in(now)
+    assert pacer.sent(now) == 0
+    skip = pacer.sent(1.0)  # stalled for a second after frame 1
+    assert skip == 47 and pacer.resyncs == 1 and pacer.late_frames == 47
+    assert pacer.next_at == pytest.approx(0.02 * (2 + 47))  # still on the t0 + k·20 ms grid
+    assert pacer.due_in(1.0) == 0
     pacer.idle()
-    assert pacer.due_in(5.0) == 0
+    assert pacer.due_in(5.0) == 0 and pacer.next_at == 5.0
