@@ -140,7 +140,9 @@ async def gateway(
                     if gap >= 0.2:
                         n = i - run_start
                         if n >= 40 and (not stats.drift_seconds or n >= 40 * stats.drift_seconds):
-                            stats.play_drift.append(arrivals[i] - arrivals[run_start] - n * 0.02)
+                            # from the 2nd second on: the first includes every call's set-up at once
+                            first = run_start + (100 if stats.drift_seconds else 0)
+                            stats.play_drift.append(arrivals[i] - arrivals[first] - (i - first) * 0.02)
                         run_start = i + 1
 
 
