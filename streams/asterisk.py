@@ -95,8 +95,7 @@ class AsteriskConsumer(IngestConsumer):
         self.start = start
         if self._deadline is not None:
             self._deadline.cancel()
-        await self.session.begin(ast.call_metadata(self.query, start))
-        await self.joined()
+        await self.session.begin(ast.call_metadata(self.query, start), joined=self.joined)
         self.session.start_silence_clock()
 
     def _on_event(self, event: ast.Event, text: str) -> None:
@@ -111,6 +110,10 @@ class AsteriskConsumer(IngestConsumer):
             elif name == "MEDIA_XOFF":
                 session.pause_playback(True)
             elif name == "MEDIA_XON":
+                if session.pacer.next_at is not None:
+                    # Time held by XOFF is no stall: re-anchor the schedule at now, or the pacer
+                    # skips the frames the session's queue kept for Asterisk as "late".
+                    session.pacer.next_at = asyncio.get_running_loop().time()
                 session.pause_playback(False)
             elif name == "ERROR":
                 error = event.text("error_text")[:500] or text[:500]
@@ -125,10 +128,10 @@ class AsteriskConsumer(IngestConsumer):
         except ProtocolError as exc:
             session.log_to_streams("GatewayInvalidMessage", str(exc))
 
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+    async def teardown(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-        await super().websocket_disconnect(message)
+        await super().teardown()
 
     # --- GatewayLink ------------------------------------------------------------------
 
