@@ -110,10 +110,6 @@ class AsteriskConsumer(IngestConsumer):
             elif name == "MEDIA_XOFF":
                 session.pause_playback(True)
             elif name == "MEDIA_XON":
-                if session.pacer.next_at is not None:
-                    # Time held by XOFF is no stall: re-anchor the schedule at now, or the pacer
-                    # skips the frames the session's queue kept for Asterisk as "late".
-                    session.pacer.next_at = asyncio.get_running_loop().time()
                 session.pause_playback(False)
             elif name == "ERROR":
                 error = event.text("error_text")[:500] or text[:500]

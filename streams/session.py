@@ -292,9 +292,11 @@ class CallSession:
                     if late is None:
                         break
                     self._played(late, sent=False)
-            while self.playback_paused and not self.ended:
-                wake.clear()
-                await wake.wait()
+            if self.playback_paused:
+                while self.playback_paused and not self.ended:
+                    wake.clear()
+                    await wake.wait()
+                pacer.idle()  # held by the gateway (XOFF), not a stall: nothing is late
 
     def _played(self, played: Played, *, sent: bool) -> None:
         relay = self.relays.get(played.owner)
@@ -342,14 +344,22 @@ class CallSession:
         loop = asyncio.get_running_loop()
         start, base, tick = loop.time(), self.frames_in, 0
         frame = self._silence if self.channels == 1 else self._silence * 2
+        filled_to: int | None = None  # frames_in right after our last fill
         while not self.ended:
             tick += 1
             delay = start + tick * 0.020 - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if filled_to is not None and self.frames_in > filled_to:
+                # The gateway speaks again after a gap we filled; its frames follow its own clock:
+                # restart ours on them with the full tolerance, or one frame of jitter puts
+                # silence inside the speech.
+                start, base, tick, filled_to = loop.time(), self.frames_in, 0, None
+                continue
             deficit = tick - (self.frames_in - base) - tolerance
             if deficit > 0:
                 self.feed_audio(frame * min(deficit, 50))
+                filled_to = self.frames_in
 
     # --- the end ----------------------------------------------------------------------
 

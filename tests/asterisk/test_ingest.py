@@ -44,11 +44,6 @@ class SilenceInsideSpeech(AssertionError):
     """Gap-filling silence landed inside a burst of the caller's speech."""
 
 
-@pytest.mark.xfail(
-    raises=SilenceInsideSpeech,
-    strict=False,
-    reason="CallSession._silence_clock keeps no jitter margin once a filled gap ends (fix proposed to the lead)",
-)
 async def test_slin_with_silent_gaps_reaches_the_customer_byte_for_byte_where_the_clock_puts_it(
     hub: Proc, account: Account
 ) -> None:
