@@ -10,6 +10,7 @@ import base64
 import json
 import math
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -75,10 +76,12 @@ class Customer:
     headers: list[Headers] = field(default_factory=list)
     server: Server | None = None
     ws: list[ServerConnection] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://localhost:{self.port}/ws" if self.tls else f"ws://127.0.0.1:{self.port}/ws"
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -124,6 +127,7 @@ class Customer:
             max_queue=1 if self.never_read else 1024,
             max_size=None,
             compression=None,
+            ssl=self.tls,
         )
         return self
 

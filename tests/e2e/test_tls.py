@@ -1,0 +1,101 @@
+"""wss:// service URLs: certificates are verified; a CA bundle can be configured."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from streams.models import Account
+from tests.conftest import Proc
+from tests.e2e.test_relay import ended_stream, gateway_for
+from tests.support import Customer, eventually, ramp
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test CA"),
+]
+
+
+def make_ca_and_cert(tmp: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for localhost signed by it."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=streamhub test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    (tmp / "ext.cnf").write_text("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "srv.key", "-out", "srv.csr")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "srv.pem",
+    )
+    return tmp / "ca.pem", tmp / "srv.pem", tmp / "srv.key"
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    return make_ca_and_cert(tmp_path)
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_an_untrusted_certificate_is_refused_three_times(
+    hub: Proc, account: Account, tls_files: tuple[Path, Path, Path]
+) -> None:
+    _, cert, key = tls_files
+    async with Customer(tls=server_context(cert, key)) as customer:
+        gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": customer.url}]})
+        stream = await ended_stream(account=account)
+        await gw.close()
+    assert stream.hangup_reason == "Connection error"
+    assert "TLS error" in stream.last_error and "CERTIFICATE_VERIFY_FAILED" in stream.last_error
+    assert customer.events("start") == []
+
+
+async def test_a_configured_ca_bundle_is_trusted(
+    hub_factory: object, account: Account, tls_files: tuple[Path, Path, Path]
+) -> None:
+    ca, cert, key = tls_files
+    hub: Proc = hub_factory(STREAMHUB_CUSTOMER_CA_BUNDLE=str(ca))  # type: ignore[operator]
+    async with Customer(tls=server_context(cert, key)) as customer:
+        gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": customer.url}]})
+        await eventually(lambda: customer.events("start"))
+        await gw.send(ramp(160))
+        await eventually(lambda: customer.events("media"))
+        await gw.close()
