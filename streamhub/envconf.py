@@ -68,14 +68,23 @@ def local_secret_key(data_dir: Path) -> str:
     return key
 
 
-def channel_layer(redis_url: str | None) -> dict[str, Any]:
+def channel_layer(redis_url: str | None, max_connections: int = 2000) -> dict[str, Any]:
     if redis_url:
         return {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py 8 reads with a 5 s socket timeout by default, exactly channels-redis's
             # BZPOPMIN timeout: an idle call's receive then dies with TimeoutError (1011).
             "CONFIG": {
-                "hosts": [{"address": redis_url, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                # redis-py 8 also caps a pool at 100 connections and raises beyond: a burst
+                # of call set-ups (group_add each) must not fail on that.
+                "hosts": [
+                    {
+                        "address": redis_url,
+                        "socket_timeout": 30,
+                        "socket_connect_timeout": 5,
+                        "max_connections": max_connections,
+                    }
+                ],
                 "capacity": 1000,
                 "expiry": 30,
             },

@@ -98,7 +98,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.getenv("REDIS_URL") or None
-CHANNEL_LAYERS = {"default": channel_layer(REDIS_URL)}
+CHANNEL_LAYERS = {
+    "default": channel_layer(
+        REDIS_URL, max_connections=env_int("STREAMHUB_REDIS_MAX_CONNECTIONS", default=2000, minimum=10)
+    )
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

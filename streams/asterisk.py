@@ -95,7 +95,15 @@ class AsteriskConsumer(IngestConsumer):
         self.start = start
         if self._deadline is not None:
             self._deadline.cancel()
-        await self.session.begin(ast.call_metadata(self.query, start), joined=self.joined)
+        try:
+            await self.session.begin(ast.call_metadata(self.query, start), joined=self.joined)
+        except Exception:
+            # the call cannot be served without its rows or control group: hang it up
+            log.exception("asterisk ingest: call set-up failed")
+            self._hangup_sent = True
+            await self.send(text_data=ast.command("HANGUP", json_mode=event.json_mode))
+            await self.close(1000)
+            return
         self.session.start_silence_clock()
 
     def _on_event(self, event: ast.Event, text: str) -> None:

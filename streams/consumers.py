@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_FRAME = 64 * 1024
 CLOSE_AT_CAPACITY = 4503
+CLOSE_SETUP_FAILED = 4500
 
 
 class IngestConsumer(AsyncWebsocketConsumer):
@@ -202,7 +203,14 @@ class AudioForkConsumer(IngestConsumer):
 
     async def _begin(self, meta: protocol.GatewayMetadata) -> None:
         assert self.session is not None
-        await self.session.begin(meta, joined=self.joined)
+        try:
+            await self.session.begin(meta, joined=self.joined)
+        except Exception:
+            # Without its rows or its control group the call cannot be served: say so and hang
+            # up rather than swallow audio nobody relays. Teardown ends whatever was created.
+            log.exception("%s ingest: call set-up failed", self.gateway)
+            await self.send_text(protocol.gateway_error("call set-up failed on the hub; try again"))
+            await self.close(CLOSE_SETUP_FAILED)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         session = self.session
