@@ -258,8 +258,13 @@ def parse_gateway_metadata(text: str, *, defaults: dict[str, str] | None = None)
         meta.raw = text[:8192]
         return meta
     meta.raw = data
-    for key, value in data.items():
-        _apply(meta, key, value)
+    nested = data.get("metadata")
+    if isinstance(nested, dict):  # jambonz may carry the verb's `metadata` as an object of its own
+        for key, value in nested.items():
+            _apply(meta, key, value)
+    for key, value in data.items():  # the gateway's own attributes win
+        if key != "metadata":
+            _apply(meta, key, value)
     return meta
 
 

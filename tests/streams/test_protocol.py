@@ -198,3 +198,12 @@ def test_numbers_beyond_pythons_digit_limit_are_protocol_errors() -> None:
         parse_gateway_event('{"event":"dtmf","duration":' + huge + "}")
     meta = parse_gateway_metadata('{"callId":' + huge + "}")
     assert meta.call_id == "" and isinstance(meta.raw, str)
+
+
+def test_jambonz_verb_metadata_may_arrive_nested() -> None:
+    meta = parse_gateway_metadata(
+        '{"callSid":"CA-top","from":"+1","sampleRate":16000,"mixType":"mono",'
+        '"metadata":{"callSid":"ignored","streams":[{"serviceUrl":"wss://bot/ws","bidirectional":true}]}}'
+    )
+    assert meta.call_id == "CA-top" and meta.sample_rate == 16000
+    assert meta.streams == [{"serviceUrl": "wss://bot/ws", "bidirectional": True}]
