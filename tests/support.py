@@ -204,3 +204,43 @@ class Gateway:
     @property
     def texts(self) -> list[dict[str, Any]]:
         return [json.loads(m) for m in self.received if isinstance(m, str)]
+
+
+@dataclass
+class TimedGateway(Gateway):
+    """A Gateway that also records the arrival time of every message from the hub."""
+
+    arrivals: list[tuple[float, bytes | str]] = field(default_factory=list)
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for message in self.ws:
+                self.received.append(message)
+                self.arrivals.append((time.monotonic(), message))
+        except Exception:
+            return
+
+
+class TimedCustomer(Customer):
+    """A Customer that also records when each playedStream (by name) and clearedAudio arrived."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.times: dict[str, float] = {}
+
+    async def __aenter__(self) -> TimedCustomer:
+        await super().__aenter__()
+        return self
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        received: list[dict[str, Any]] = []
+        self.connections.append(received)
+        self.ws.append(conn)
+        async for raw in conn:
+            message = json.loads(raw)
+            received.append(message)
+            if message.get("event") in ("playedStream", "clearedAudio"):
+                self.times[message.get("name", message["event"])] = time.monotonic()
+            if self.reply is not None:
+                await self.reply(conn, message)

@@ -9,14 +9,12 @@ The acceptance scenarios (tests/asterisk/test_acceptance.py) are written once ag
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.models import Account
 from tests.asterisk.fake_asterisk import FakeAsterisk
 from tests.conftest import Proc
-from tests.support import Gateway, basic_auth
+from tests.support import TimedGateway, basic_auth
 
 DRIVERS = ("audio-fork", "asterisk")
 
@@ -48,20 +46,6 @@ class GatewayDriver(Protocol):
         """The hub told the gateway to drop the audio it buffered."""
 
     def dtmf_played(self) -> list[str]: ...
-
-
-@dataclass
-class TimedGateway(Gateway):
-    arrivals: list[tuple[float, bytes | str]] = field(default_factory=list)
-
-    async def _read(self) -> None:
-        assert self.ws is not None
-        try:
-            async for message in self.ws:
-                self.received.append(message)
-                self.arrivals.append((time.monotonic(), message))
-        except Exception:
-            return
 
 
 class AudioForkDriver:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,30 +57,6 @@ def on_start(*messages: str, keep: dict[str, ServerConnection] | None = None) ->
                 await conn.send(text)
 
     return reply
-
-
-class TimedCustomer(Customer):
-    """Records when playedStream / clearedAudio arrive."""
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.times: dict[str, float] = {}
-
-    async def __aenter__(self) -> TimedCustomer:
-        await super().__aenter__()
-        return self
-
-    async def _handler(self, conn: ServerConnection) -> None:
-        received: list[dict[str, Any]] = []
-        self.connections.append(received)
-        self.ws.append(conn)
-        async for raw in conn:
-            message = json.loads(raw)
-            received.append(message)
-            if message.get("event") in ("playedStream", "clearedAudio"):
-                self.times[message.get("name", message["event"])] = time.monotonic()
-            if self.reply is not None:
-                await self.reply(conn, message)
 
 
 class StuckCustomer(Customer):

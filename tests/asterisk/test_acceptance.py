@@ -23,7 +23,6 @@ from streams.models import Account, Call, StreamEvent
 from tests.asterisk.drivers import DRIVERS, GatewayDriver, make_driver
 from tests.asterisk.support import (
     StuckCustomer,
-    TimedCustomer,
     ended_stream,
     events_of,
     on_start,
@@ -33,7 +32,7 @@ from tests.asterisk.support import (
     stream_rows,
 )
 from tests.conftest import Proc
-from tests.support import Customer, db, eventually, ramp, tone
+from tests.support import Customer, TimedCustomer, db, eventually, ramp, tone
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -22,9 +22,9 @@ from websockets.exceptions import InvalidStatus
 
 from streams.models import Account, Call, Stream, StreamEvent
 from tests.asterisk.fake_asterisk import FakeAsterisk, basic_auth
-from tests.asterisk.support import TimedCustomer, checkpoint, ended_stream, on_start, payloads, play, stream_rows
+from tests.asterisk.support import checkpoint, ended_stream, on_start, payloads, play, stream_rows
 from tests.conftest import Proc
-from tests.support import Customer, db, eventually, ramp, tone
+from tests.support import Customer, TimedCustomer, db, eventually, ramp, tone
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

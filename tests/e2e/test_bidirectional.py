@@ -7,7 +7,6 @@ import base64
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from websockets.asyncio.server import ServerConnection
 from streams.models import Account, StreamEvent
 from tests.conftest import Proc
 from tests.e2e.test_relay import ended_stream, gateway_for
-from tests.support import Customer, Gateway, db, eventually, ramp, tone
+from tests.support import Customer, TimedCustomer, TimedGateway, db, eventually, ramp, tone
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -32,40 +31,6 @@ def play_l16(pcm: bytes, rate: int = 8000) -> str:
             "media": {"contentType": "audio/x-l16", "sampleRate": rate, "payload": base64.b64encode(pcm).decode()},
         }
     )
-
-
-@dataclass
-class TimedGateway(Gateway):
-    """Records the arrival time of every message from the hub."""
-
-    arrivals: list[tuple[float, bytes | str]] = field(default_factory=list)
-
-    async def _read(self) -> None:
-        assert self.ws is not None
-        try:
-            async for message in self.ws:
-                self.received.append(message)
-                self.arrivals.append((time.monotonic(), message))
-        except Exception:
-            return
-
-
-class TimedCustomer(Customer):
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.times: dict[str, float] = {}
-
-    async def _handler(self, conn: ServerConnection) -> None:
-        received: list[dict[str, Any]] = []
-        self.connections.append(received)
-        self.ws.append(conn)
-        async for raw in conn:
-            message = json.loads(raw)
-            received.append(message)
-            if message.get("event") in ("playedStream", "clearedAudio"):
-                self.times[message.get("name", message["event"])] = time.monotonic()
-            if self.reply is not None:
-                await self.reply(conn, message)
 
 
 def bidi_meta(url: str, **extra: Any) -> dict[str, Any]:
