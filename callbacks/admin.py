@@ -22,7 +22,7 @@ from django.utils.html import format_html, format_html_join
 from callbacks.models import CallbackAttempt, CallbackDelivery
 from callbacks.services import CALLBACK_EVENTS
 from streams import admin_views
-from streams.admin import ReadOnlyRecordAdmin, link, parse_uuid, truncate
+from streams.admin import ReadOnlyInline, ReadOnlyRecordAdmin, link, parse_uuid, truncate
 from streams.admin_views import utc
 
 
@@ -39,22 +39,13 @@ class CallbackEventFilter(admin.SimpleListFilter):
         return queryset.filter(event=self.value()) if self.value() else queryset
 
 
-class CallbackAttemptInline(admin.TabularInline):
+class CallbackAttemptInline(ReadOnlyInline):
     model = CallbackAttempt
     extra = 0
     can_delete = False
     fields = ("number", "started_utc", "status_code", "latency_ms", "error", "response_excerpt")
     readonly_fields = fields
     ordering = ("number",)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="started (UTC)")
     def started_utc(self, obj: CallbackAttempt) -> str:
@@ -150,17 +141,15 @@ class CallbackDeliveryAdmin(ReadOnlyRecordAdmin):
 
     @admin.action(description="Redeliver selected failed callbacks", permissions=["change"])
     def redeliver_selected(self, request: HttpRequest, queryset: QuerySet[CallbackDelivery]) -> TemplateResponse | None:
-        if admin_views.too_many(self, request, queryset):
-            return None
-        deliveries = list(queryset.select_related("stream"))
-        if not admin_views.confirmed(request):
-            return admin_views.confirm(
-                self,
-                request,
-                title="Redeliver these callbacks?",
-                question="Each failed delivery goes back to pending and is sent again, with retries, "
+        deliveries = admin_views.confirmed_selection(
+            self,
+            request,
+            queryset.select_related("stream"),
+            lambda rows: {
+                "title": "Redeliver these callbacks?",
+                "question": "Each failed delivery goes back to pending and is sent again, with retries, "
                 "keeping its idempotency ID and its attempt history.",
-                items=[
+                "items": [
                     admin_views.Item(
                         pk=d.pk,
                         label=f"#{d.pk} {d.event} of stream {d.stream.stream_id} → {d.url}",
@@ -169,11 +158,14 @@ class CallbackDeliveryAdmin(ReadOnlyRecordAdmin):
                         else f"{d.state}, will be left alone",
                         affected=d.state == CallbackDelivery.State.FAILED,
                     )
-                    for d in deliveries
+                    for d in rows
                 ],
-                submit="Yes, redeliver",
-                action="redeliver_selected",
-            )
+                "submit": "Yes, redeliver",
+                "action": "redeliver_selected",
+            },
+        )
+        if not isinstance(deliveries, list):
+            return deliveries
         redelivered = self.redeliver(request, [d.pk for d in deliveries])
         skipped = [d.pk for d in deliveries if d.pk not in redelivered]
         if redelivered:

@@ -107,6 +107,21 @@ def drill_down(queryset: QuerySet[Any]) -> QuerySet[Any]:
     return DrillDownQuerySet(model=queryset.model, query=queryset.query, using=queryset._db, hints=queryset._hints)
 
 
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown inside another record's page: read only, whoever looks."""
+
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class ReadOnlyRecordAdmin(admin.ModelAdmin):
     """Rows written by the hub: never added, edited or deleted by hand."""
 
@@ -161,19 +176,20 @@ class AccountAdmin(admin.ModelAdmin):
         return utc(obj.created_at)
 
     def _rotate(self, request: HttpRequest, queryset: QuerySet[Account], *, field: str, what: str, effect: str) -> Any:
-        if admin_views.too_many(self, request, queryset):
-            return None
-        accounts = list(queryset)
-        if not admin_views.confirmed(request):
-            return admin_views.confirm(
-                self,
-                request,
-                title=f"Rotate the {what}?",
-                question=f"A new {what} is generated for each account below. {effect}",
-                items=[admin_views.Item(pk=a.pk, label=str(a), note="", affected=True) for a in accounts],
-                submit=f"Yes, rotate the {what}",
-                action=f"rotate_{field}",
-            )
+        accounts = admin_views.confirmed_selection(
+            self,
+            request,
+            queryset,
+            lambda rows: {
+                "title": f"Rotate the {what}?",
+                "question": f"A new {what} is generated for each account below. {effect}",
+                "items": [admin_views.Item(pk=a.pk, label=str(a), note="", affected=True) for a in rows],
+                "submit": f"Yes, rotate the {what}",
+                "action": f"rotate_{field}",
+            },
+        )
+        if not isinstance(accounts, list):
+            return accounts
         make = new_auth_token if field == "auth_token" else new_ingest_token
         done = []
         for account in accounts:
@@ -236,7 +252,7 @@ class HubProcessAdmin(ReadOnlyRecordAdmin):
 # --- calls -----------------------------------------------------------------------------------
 
 
-class StreamInline(admin.TabularInline):
+class StreamInline(ReadOnlyInline):
     model = Stream
     fk_name = "call"
     extra = 0
@@ -246,15 +262,6 @@ class StreamInline(admin.TabularInline):
     fields = ("service_url", "status", "start_utc", "end_utc", "duration", "hangup_reason")
     readonly_fields = fields
     ordering = ("created_at", "id")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="start (UTC)")
     def start_utc(self, obj: Stream) -> str:
@@ -371,19 +378,20 @@ class CallAdmin(ReadOnlyRecordAdmin):
 
     @admin.action(description="Hang up selected live calls", permissions=["change"])
     def hangup_selected(self, request: HttpRequest, queryset: QuerySet[Call]) -> TemplateResponse | None:
-        if admin_views.too_many(self, request, queryset):
-            return None
-        calls = list(queryset)
-        if not admin_views.confirmed(request):
-            return admin_views.confirm(
-                self,
-                request,
-                title="Hang up these calls?",
-                question="Every live stream on them ends with “Call hangup”, and the gateway legs are closed.",
-                items=admin_views.call_items(calls),
-                submit="Yes, hang up",
-                action="hangup_selected",
-            )
+        calls = admin_views.confirmed_selection(
+            self,
+            request,
+            queryset,
+            lambda rows: {
+                "title": "Hang up these calls?",
+                "question": "Every live stream on them ends with “Call hangup”, and the gateway legs are closed.",
+                "items": admin_views.call_items(rows),
+                "submit": "Yes, hang up",
+                "action": "hangup_selected",
+            },
+        )
+        if not isinstance(calls, list):
+            return calls
         admin_views.hangup_calls(self, request, calls)
         return None
 
@@ -561,19 +569,20 @@ class StreamAdmin(ReadOnlyRecordAdmin):
 
     @admin.action(description="Stop selected live streams (reason “API request”)", permissions=["change"])
     def stop_selected(self, request: HttpRequest, queryset: QuerySet[Stream]) -> TemplateResponse | None:
-        if admin_views.too_many(self, request, queryset):
-            return None
-        streams = list(queryset)
-        if not admin_views.confirmed(request):
-            return admin_views.confirm(
-                self,
-                request,
-                title="Stop these streams?",
-                question="The hub closes each socket to its service and sends the final StopStream callback.",
-                items=admin_views.stream_items(streams),
-                submit="Yes, stop them",
-                action="stop_selected",
-            )
+        streams = admin_views.confirmed_selection(
+            self,
+            request,
+            queryset,
+            lambda rows: {
+                "title": "Stop these streams?",
+                "question": "The hub closes each socket to its service and sends the final StopStream callback.",
+                "items": admin_views.stream_items(rows),
+                "submit": "Yes, stop them",
+                "action": "stop_selected",
+            },
+        )
+        if not isinstance(streams, list):
+            return streams
         admin_views.stop_streams(self, request, streams)
         return None
 

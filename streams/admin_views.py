@@ -9,7 +9,7 @@ callback delivery, rotate → account). A read-only operator group has view perm
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -256,6 +256,22 @@ def too_many(model_admin: ModelAdmin[Any], request: HttpRequest, queryset: Query
         messages.ERROR,
     )
     return True
+
+
+def confirmed_selection(
+    model_admin: ModelAdmin[Any],
+    request: HttpRequest,
+    queryset: QuerySet[Any],
+    page: Callable[[list[Any]], dict[str, Any]],
+) -> list[Any] | TemplateResponse | None:
+    """For a bulk action: the selected rows once the operator confirmed; before that the
+    confirmation page built by `page(rows)`; None when the selection is too large."""
+    if too_many(model_admin, request, queryset):
+        return None
+    rows = list(queryset)
+    if confirmed(request):
+        return rows
+    return confirm(model_admin, request, **page(rows))
 
 
 def confirmed(request: HttpRequest) -> bool:

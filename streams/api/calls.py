@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -21,7 +20,7 @@ from streams import services
 from streams.api.errors import api_error, new_api_id
 from streams.api.lookups import call_for, request_account
 from streams.api.pagination import PAGE_PARAMETERS, paginate
-from streams.api.serializers import CallObjectSerializer, ErrorSerializer, MetaSerializer
+from streams.api.serializers import CallObjectSerializer, ErrorSerializer, MetaSerializer, WithApiId
 from streams.models import Call
 
 ERROR = OpenApiResponse(ErrorSerializer, description='{"api_id", "error"}')
@@ -76,15 +75,9 @@ class CallListApi(APIView):
 
 
 class CallGetApi(APIView):
-    class OutputSerializer(CallObjectSerializer):
-        api_id = serializers.SerializerMethodField()
-
+    class OutputSerializer(WithApiId, CallObjectSerializer):
         class Meta:
             ref_name = "CallDetail"
-
-        @extend_schema_field(OpenApiTypes.UUID)
-        def get_api_id(self, call: Call) -> str:
-            return new_api_id()
 
     @extend_schema(
         operation_id="call_get",

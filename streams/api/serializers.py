@@ -13,6 +13,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from streams.api.errors import new_api_id
 from streams.models import Call, Stream
 
 
@@ -25,6 +26,16 @@ class PlivoTimeField(serializers.Field):
 
     def to_representation(self, value: datetime) -> str:
         return value.astimezone(UTC).isoformat(sep=" ", timespec=self.timespec)
+
+
+class WithApiId(serializers.Serializer):
+    """Adds the fresh `api_id` every Plivo response carries."""
+
+    api_id = serializers.SerializerMethodField()
+
+    @extend_schema_field(OpenApiTypes.UUID)
+    def get_api_id(self, obj: Any) -> str:
+        return new_api_id()
 
 
 class ErrorSerializer(serializers.Serializer):

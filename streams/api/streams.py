@@ -12,8 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import QueryDict
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -24,7 +23,7 @@ from streams import services
 from streams.api.errors import MAX_BODY_BYTES, PayloadTooLarge, api_error, new_api_id
 from streams.api.lookups import call_for, request_account, stream_for
 from streams.api.pagination import PAGE_PARAMETERS, paginate
-from streams.api.serializers import ErrorSerializer, MetaSerializer, StreamObjectSerializer
+from streams.api.serializers import ErrorSerializer, MetaSerializer, StreamObjectSerializer, WithApiId
 from streams.models import Call, Stream
 from streams.validation import StreamParamError, StreamParams, validate_stream_params
 
@@ -183,15 +182,9 @@ class StreamStopAllApi(APIView):
 
 
 class StreamGetApi(APIView):
-    class OutputSerializer(StreamObjectSerializer):
-        api_id = serializers.SerializerMethodField()
-
+    class OutputSerializer(WithApiId, StreamObjectSerializer):
         class Meta:
             ref_name = "StreamDetail"
-
-        @extend_schema_field(OpenApiTypes.UUID)
-        def get_api_id(self, stream: Stream) -> str:
-            return new_api_id()
 
     @extend_schema(
         operation_id="stream_get",
