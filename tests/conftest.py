@@ -111,9 +111,37 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], tmp: Path) -> Proc:
     return Proc(name=name, popen=popen, log_path=log_path)
 
 
-def start_hub(tmp: Path, name: str = "hub", **overrides: Any) -> Proc:
+SERVERS = ("daphne", "uvicorn")
+
+
+def hub_command(server: str, port: int) -> list[str]:
+    """The two supported ASGI servers, as docs/demo.md deploys them."""
+    if server == "uvicorn":
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--ws",
+            "websockets-sansio",
+            "--ws-max-size",
+            "16777216",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+            "streamhub.asgi:application",
+        ]
+    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "streamhub.asgi:application"]
+
+
+def start_hub(tmp: Path, name: str = "hub", *, server: str = "daphne", **overrides: Any) -> Proc:
     port = free_port()
-    cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "streamhub.asgi:application"]
+    cmd = hub_command(server, port)
     proc = _spawn(name, cmd, server_env(STREAMHUB_SERVER_ID=f"{name}-{port}", **overrides), tmp)
     proc.port = port
     deadline = time.monotonic() + 30
@@ -156,13 +184,25 @@ def start_worker(tmp: Path, name: str = "worker", *, beat: bool = False, **overr
     raise RuntimeError(f"worker not ready in 60 s:\n{proc.log()}")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`@pytest.mark.both_servers`: the test runs against a daphne hub and a uvicorn hub."""
+    if metafunc.definition.get_closest_marker("both_servers") and "hub_server" in metafunc.fixturenames:
+        metafunc.parametrize("hub_server", SERVERS, indirect=True)
+
+
 @pytest.fixture
-def hub_factory(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """Start hub servers (daphne subprocesses) with settings overrides; all stopped at teardown."""
+def hub_server(request: pytest.FixtureRequest) -> str:
+    """The ASGI server hubs run under: daphne (the design card's) unless a test asks for both."""
+    return str(getattr(request, "param", "daphne"))
+
+
+@pytest.fixture
+def hub_factory(transactional_db: None, tmp_path: Path, hub_server: str) -> Iterator[Callable[..., Proc]]:
+    """Start hub servers (daphne or uvicorn subprocesses) with settings overrides; all stopped at teardown."""
     procs: list[Proc] = []
 
     def make(name: str = "hub", **overrides: Any) -> Proc:
-        proc = start_hub(tmp_path, name, **overrides)
+        proc = start_hub(tmp_path, name, server=overrides.pop("server", hub_server), **overrides)
         procs.append(proc)
         return proc
 

@@ -50,6 +50,7 @@ def driver(kind: str, hub: Proc, account: Account) -> GatewayDriver:
 # --- relay ---------------------------------------------------------------------------
 
 
+@pytest.mark.both_servers
 async def test_audio_reaches_the_customer_byte_for_byte_and_the_caller_hanging_up_ends_the_stream(
     driver: GatewayDriver, account: Account
 ) -> None:
@@ -177,6 +178,7 @@ async def test_a_stream_ends_on_its_timeout_or_when_its_customer_leaves_and_the_
 # --- bidirectional ------------------------------------------------------------------
 
 
+@pytest.mark.both_servers
 async def test_played_stream_follows_the_last_frame_the_caller_hears_and_the_audio_is_exact(
     driver: GatewayDriver, account: Account
 ) -> None:

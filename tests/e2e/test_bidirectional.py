@@ -37,6 +37,7 @@ def bidi_meta(url: str, **extra: Any) -> dict[str, Any]:
     return {"streams": [{"serviceUrl": url, "bidirectional": True, **extra}]}
 
 
+@pytest.mark.both_servers
 async def test_played_stream_follows_the_last_frame_and_audio_is_exact(hub: Proc, account: Account) -> None:
     clip = ramp(8000)  # 1 s
 
@@ -73,6 +74,7 @@ async def test_played_stream_follows_the_last_frame_and_audio_is_exact(hub: Proc
     assert "Checkpoint" in names
 
 
+@pytest.mark.both_servers
 async def test_clear_audio_stops_playback_within_a_frame_and_drops_its_checkpoints(hub: Proc, account: Account) -> None:
     state: dict[str, Any] = {}
 
@@ -107,6 +109,7 @@ async def test_clear_audio_stops_playback_within_a_frame_and_drops_its_checkpoin
     assert events and events[0].params["CheckpointsDropped"] == "ten-seconds"
 
 
+@pytest.mark.both_servers
 async def test_checkpoint_with_nothing_queued_is_acked_at_once_and_dtmf_flows_both_ways(
     hub: Proc, account: Account
 ) -> None:

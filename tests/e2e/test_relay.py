@@ -34,6 +34,7 @@ async def ended_stream(**filters: object) -> Stream:
     return rows[0]
 
 
+@pytest.mark.both_servers
 async def test_it_relays_l16_byte_for_byte_and_ends_on_hangup(hub: Proc, account: Account) -> None:
     call_id = str(uuid.uuid4())
     pcm = ramp(8000 * 2)  # 2 s, every sample distinct
@@ -194,6 +195,7 @@ async def test_stream_timeout_stops_the_stream(hub: Proc, account: Account) -> N
     assert 1 <= stream.duration <= 3
 
 
+@pytest.mark.both_servers
 async def test_graceful_shutdown_marker_ends_the_call(hub: Proc, account: Account) -> None:
     async with Customer() as customer:
         gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": customer.url}]})
@@ -234,6 +236,7 @@ async def test_a_duplicate_stream_url_in_metadata_is_refused_with_an_error_frame
     assert await db(lambda: Stream.objects.filter(account=account).count())() == 1
 
 
+@pytest.mark.both_servers
 async def test_gateway_garbage_is_logged_and_survived(hub: Proc, account: Account) -> None:
     async with Customer() as customer:
         gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": customer.url}]})
@@ -259,6 +262,7 @@ async def test_gateway_garbage_is_logged_and_survived(hub: Proc, account: Accoun
     assert "GatewayMessage" in names
 
 
+@pytest.mark.both_servers
 @pytest.mark.parametrize("how", ["none", "wrong-token", "unknown-id", "bad-query-token"])
 async def test_gateways_without_valid_credentials_are_refused_before_accept(
     hub: Proc, account: Account, how: str
@@ -287,6 +291,7 @@ async def test_query_token_authenticates_and_d1_keeps_non_uuid_ids(hub: Proc, ac
     await eventually(db(lambda: Call.objects.filter(pk=call.pk, status="ended").exists()))
 
 
+@pytest.mark.both_servers
 async def test_a_consumer_that_never_reads_is_degraded_then_dropped_and_others_lose_nothing(
     hub_factory: object, account: Account
 ) -> None:
@@ -326,6 +331,7 @@ async def test_an_idle_call_outlives_the_channel_layers_read_timeout(hub: Proc, 
         await gw.close()
 
 
+@pytest.mark.both_servers
 async def test_a_stream_started_over_rest_gets_the_audio_since_its_creation(hub: Proc, account: Account) -> None:
     """D2 across processes: the row exists before the holding process hears of it; nothing in between is lost."""
     import requests
