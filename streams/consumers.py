@@ -40,6 +40,16 @@ class IngestConsumer(AsyncWebsocketConsumer):
     admitted = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve the connection in a task of its own.
+
+        The server's task reaches us through its middleware, Channels' routers and as_asgi:
+        every resumption of that task (one per audio frame) passes through each of those
+        coroutine frames. A task of our own resumes straight into the loop below. Cancelling
+        the server's task cancels this one too (it is what the server's task awaits).
+        """
+        await asyncio.get_running_loop().create_task(self._serve(scope, receive, send))
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Channels' loop, minus its per-message costs (the audio path's hottest code).
 
         AsyncConsumer waits on the client and the channel layer with asyncio.wait and a
