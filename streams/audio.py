@@ -122,6 +122,11 @@ class Encoder:
         self._reframer = Reframer(frame_bytes(fmt.rate))
         self._passthrough = gateway_rate == fmt.rate and not fmt.mulaw
 
+    @property
+    def passthrough(self) -> bool:
+        """Exact gateway frames come out unchanged (same rate, L16)."""
+        return self._passthrough
+
     def encode(self, pcm_frame: bytes) -> list[bytes]:
         if self._passthrough:
             return self._reframer.push(pcm_frame)

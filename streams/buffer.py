@@ -29,27 +29,29 @@ BufferEvent = Degraded | Overflow
 
 
 class SendBuffer:
-    __slots__ = ("_armed", "_items", "_level", "capacity", "queued", "thresholds")
+    __slots__ = ("_armed", "_level", "capacity", "items", "queued", "thresholds")
 
     def __init__(self, capacity_seconds: float, thresholds: tuple[int, ...] = THRESHOLDS) -> None:
         if capacity_seconds <= 0:
             raise ValueError("capacity must be positive")
         self.capacity = capacity_seconds
         self.thresholds = thresholds
-        self._items: deque[tuple[str, float]] = deque()
+        # (message, seconds of audio): read-only outside this class; the relay's hot path tests
+        # `buffer.items` rather than calling __len__ per frame
+        self.items: deque[tuple[str, float]] = deque()
         self.queued = 0.0
         self._armed = set(thresholds)
         self._level = [capacity_seconds * t / 100 for t in thresholds]
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
     @property
     def usage_pct(self) -> float:
         return 100.0 * self.queued / self.capacity
 
     def push(self, item: str, seconds: float) -> list[BufferEvent]:
-        self._items.append((item, seconds))
+        self.items.append((item, seconds))
         self.queued += seconds
         if seconds == 0 or self.queued < self._level[0]:
             return []
@@ -63,7 +65,7 @@ class SendBuffer:
         return events
 
     def popleft(self) -> str:
-        item, seconds = self._items.popleft()
+        item, seconds = self.items.popleft()
         if seconds:
             self.queued = max(0.0, self.queued - seconds)
             if len(self._armed) != len(self.thresholds):
@@ -73,6 +75,6 @@ class SendBuffer:
         return item
 
     def clear(self) -> None:
-        self._items.clear()
+        self.items.clear()
         self.queued = 0.0
         self._armed = set(self.thresholds)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.020
+OPEN = State.OPEN
 SOCKET_SNDBUF = 32 * 1024  # D7: keep the kernel's share of a backlog small and countable
 WRITE_LIMIT = 16 * 1024
 MAX_MESSAGE = 16 * 1024 * 1024  # D14: beyond this the library closes with 1009
@@ -83,6 +84,10 @@ class StreamRelay:
         self.tracks: tuple[str, ...] = tuple(stream.tracks)
         self.encoders = {track: Encoder(gateway_rate, self.fmt) for track in self.tracks}
         self.chunks = dict.fromkeys(self.tracks, 0)
+        # One inbound track in the gateway's own format: a session frame is exactly one message
+        # (its encoder would pass it through), so on_audio takes a short path with its own counter.
+        self._plain_inbound = self.tracks == ("inbound",) and self.encoders["inbound"].passthrough
+        self._chunk = 0
         self.template = protocol.MediaTemplate(self.stream_id, stream.extra_headers)
         self.decoder = Decoder(gateway_rate)
         self.buffer = SendBuffer(settings.STREAMHUB_STREAM_BUFFER_SECONDS)
@@ -253,17 +258,19 @@ class StreamRelay:
         if not self._idle or ws is None or ws.paused or self.end_reason is not None:
             self._wake.set()
             return
-        if ws.protocol.state is not State.OPEN:
+        protocol = ws.protocol
+        if protocol.state is not OPEN:
             self._wake.set()  # the writer's send raises ConnectionClosed and ends the stream
             return
-        buffer, protocol = self.buffer, ws.protocol
+        buffer = self.buffer
+        items = buffer.items
         sent = 0
-        while buffer and not ws.paused:
+        while items and not ws.paused:
             protocol.send_text(buffer.popleft().encode())
             ws.send_data()
             sent += 1
         self.frames_sent += sent
-        if buffer:
+        if items:
             self._wake.set()
 
     async def _read(self, ws: ClientConnection) -> None:
@@ -332,6 +339,20 @@ class StreamRelay:
         if self.end_reason is not None:
             return
         buffer, template, start_ms = self.buffer, self.template, self.start_ms
+        if self._plain_inbound:  # the common case, without the general loop's lookups
+            chunk = self._chunk = self._chunk + 1
+            seq = self.seq = self.seq + 1
+            events = buffer.push(
+                template.render(seq, "inbound", start_ms + 20 * (chunk - 1), chunk, inbound), FRAME_SECONDS
+            )
+            if events:
+                self._on_buffer_events(events)
+            if wake:
+                self._wake.set()
+            now = time.monotonic()
+            if now >= self._next_sample:
+                self._sample(now)
+            return
         first = True
         for track in self.tracks:
             pcm = inbound if track == "inbound" else outbound
