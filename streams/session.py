@@ -70,9 +70,13 @@ class CallSession:
         self._reframer = Reframer(frame_bytes(8000))
         self._silence = silence(8000)
         # What the hub played into the call, for mono gateways' `outbound` track: (time written, frame)
-        self._tap: deque[tuple[float, bytes]] = deque(maxlen=50)
+        # Two deques of untracked values, not one of tuples: a tuple per frame would live on into
+        # the garbage collector's young generation (tens of thousands a second at hundreds of calls).
+        self._tap: deque[bytes] = deque(maxlen=50)
+        self._tap_at: deque[float] = deque(maxlen=50)
         # The last seconds of call audio, for streams started from another process (D2).
-        self._recent: deque[tuple[bytes, bytes]] = deque(maxlen=RECENT_FRAMES)
+        self._recent_in: deque[bytes] = deque(maxlen=RECENT_FRAMES)
+        self._recent_out: deque[bytes] = deque(maxlen=RECENT_FRAMES)
         self.playback = PlaybackQueue(frame_bytes(8000), settings.STREAMHUB_PLAYBACK_QUEUE_SECONDS)
         self.pacer = Pacer()
         self._play_wake = asyncio.Event()
@@ -159,12 +163,13 @@ class CallSession:
         (it reached us a moment later, over the channel layer) comes from the recent-audio ring,
         and the stream's clock starts at its creation, so timestamps stay true."""
         age = max(0.0, time.time() - stream.created_at.timestamp())
-        frames = min(len(self._recent), math.ceil(age / 0.020))
+        frames = min(len(self._recent_in), math.ceil(age / 0.020))
         if not frames:
             return
         relay.start_ms = int(stream.created_at.timestamp() * 1000)
         relay.started_mono -= age
-        for inbound, outbound in list(self._recent)[-frames:]:
+        recent = zip(list(self._recent_in)[-frames:], list(self._recent_out)[-frames:], strict=True)
+        for inbound, outbound in recent:
             relay.on_audio(inbound, outbound, False)
 
     def stop_stream(self, stream_id: str, reason: str = Stream.Reason.API_REQUEST) -> None:
@@ -200,12 +205,14 @@ class CallSession:
             self.frames_in += 1
             if self.channels == 2:
                 inbound, outbound = split_stereo(frame)
-            elif tap and (len(tap) > 1 or time.monotonic() - tap[0][0] >= TAP_SLACK):
+            elif tap and (len(tap) > 1 or time.monotonic() - self._tap_at[0] >= TAP_SLACK):
                 # one frame of slack, so the two 20 ms clocks' jitter cannot split a clip with silence
-                inbound, outbound = frame, tap.popleft()[1]
+                self._tap_at.popleft()
+                inbound, outbound = frame, tap.popleft()
             else:
                 inbound, outbound = frame, self._silence
-            self._recent.append((inbound, outbound))
+            self._recent_in.append(inbound)
+            self._recent_out.append(outbound)
             for relay in relays:
                 relay.on_audio(inbound, outbound, wake)
 
@@ -281,7 +288,8 @@ class CallSession:
                 continue
             await self.link.send_audio(played.pcm)
             skip = pacer.sent(loop.time())
-            self._tap.append((time.monotonic(), played.pcm))
+            self._tap.append(played.pcm)
+            self._tap_at.append(time.monotonic())
             self._played(played, sent=True)
             if skip:  # a stall: these frames' slots have passed (see Pacer)
                 owner = self.relays.get(played.owner)
