@@ -342,29 +342,23 @@ class StreamRelay:
         if self._plain_inbound:  # the common case, without the general loop's lookups
             chunk = self._chunk = self._chunk + 1
             seq = self.seq = self.seq + 1
-            events = buffer.push(
-                template.render(seq, "inbound", start_ms + 20 * (chunk - 1), chunk, inbound), FRAME_SECONDS
-            )
+            message = template.render(seq, "inbound", start_ms + 20 * (chunk - 1), chunk, inbound)
+            events = buffer.push(message, FRAME_SECONDS)
             if events:
                 self._on_buffer_events(events)
-            if wake:
-                self._wake.set()
-            now = time.monotonic()
-            if now >= self._next_sample:
-                self._sample(now)
-            return
-        first = True
-        for track in self.tracks:
-            pcm = inbound if track == "inbound" else outbound
-            for payload in self.encoders[track].encode(pcm):
-                chunk = self.chunks[track] + 1
-                self.chunks[track] = chunk
-                self.seq += 1
-                message = template.render(self.seq, track, start_ms + 20 * (chunk - 1), chunk, payload)
-                events = buffer.push(message, FRAME_SECONDS if first else 0.0)
-                first = False
-                if events:
-                    self._on_buffer_events(events)
+        else:
+            first = True
+            for track in self.tracks:
+                pcm = inbound if track == "inbound" else outbound
+                for payload in self.encoders[track].encode(pcm):
+                    chunk = self.chunks[track] + 1
+                    self.chunks[track] = chunk
+                    self.seq += 1
+                    message = template.render(self.seq, track, start_ms + 20 * (chunk - 1), chunk, payload)
+                    events = buffer.push(message, FRAME_SECONDS if first else 0.0)
+                    first = False
+                    if events:
+                        self._on_buffer_events(events)
         if wake:
             self._wake.set()
         now = time.monotonic()
