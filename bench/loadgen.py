@@ -684,14 +684,16 @@ async def gateway(
     if bidi and len(arrivals) > 10:
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         stats.play_gaps += [g for g in gaps if g < 0.2]  # gaps inside a clip, not between clips
-        # drift: within each burst of contiguous frames, actual vs ideal elapsed time
+        # Drift: within each run of contiguous frames, how far the playback clock moved against an
+        # ideal 20 ms clock from the run's first second to its last. Each end is the median offset
+        # (arrival − k·20 ms) of a second of frames, so one late frame (jitter) is not read as drift.
         run_start = 0
         for i, gap in enumerate([*gaps, 1.0]):
             if gap >= 0.2:
-                n = i - run_start
-                if n >= 40 and (not stats.drift_seconds or n >= 40 * stats.drift_seconds):
-                    first = run_start
-                    stats.play_drift.append(arrivals[i] - arrivals[first] - (i - first) * 0.02)
+                n = i + 1 - run_start
+                if n >= 100 and (not stats.drift_seconds or n >= 40 * stats.drift_seconds):
+                    offsets = [arrivals[run_start + k] - k * PERIOD for k in range(n)]
+                    stats.play_drift.append(statistics.median(offsets[-50:]) - statistics.median(offsets[:50]))
                 run_start = i + 1
 
 
