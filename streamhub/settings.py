@@ -198,7 +198,9 @@ STREAMHUB_SEND_STOP_FRAME = env_bool("STREAMHUB_SEND_STOP_FRAME", default=False)
 STREAMHUB_BILLING_INTERVAL = env_int("STREAMHUB_BILLING_INTERVAL", default=60, minimum=1)
 STREAMHUB_HEARTBEAT_SECONDS = env_float("STREAMHUB_HEARTBEAT_SECONDS", default=10.0, minimum=0.1)
 STREAMHUB_ORPHAN_AFTER_SECONDS = env_float("STREAMHUB_ORPHAN_AFTER_SECONDS", default=60.0, minimum=0.5)
-STREAMHUB_MAX_CALLS = env_int("STREAMHUB_MAX_CALLS", default=500, minimum=1)
+# Measured capacity of one uvicorn process on one core of the 2-vCPU development VM: 400 calls with p99 < 20 ms
+# (daphne: 200); bench/RESULTS.md. Measure yours with bench/run.py and set this below what it prints.
+STREAMHUB_MAX_CALLS = env_int("STREAMHUB_MAX_CALLS", default=350, minimum=1)
 STREAMHUB_FORBID_PRIVATE_CALLBACKS = env_bool("STREAMHUB_FORBID_PRIVATE_CALLBACKS", default=False)
 
 # Callbacks (decision D16)
