@@ -32,6 +32,7 @@ Usage: python bench/loadgen.py --url ws://…[,ws://…] --calls N --seconds S
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import base64
@@ -140,8 +141,8 @@ class Stats:
         self.write_pauses = 0
 
 
-class WsConn(asyncio.Protocol):
-    """An HTTP/1.1 head, then RFC 6455 frames; subclasses handle the head and each frame."""
+class WsConn(asyncio.Protocol, abc.ABC):
+    """An HTTP/1.1 head, then RFC 6455 frames; subclasses (Customer, Gateway) handle the head and each frame."""
 
     masked_in = False  # whether the peer's frames are masked (i.e. we are the server)
 
@@ -153,14 +154,17 @@ class WsConn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
 
+    @abc.abstractmethod
     def on_head(self, head: str) -> bool:
-        raise NotImplementedError
+        """The peer's HTTP head (request or response); False refuses the connection."""
 
+    @abc.abstractmethod
     def on_frame(self, b0: int, payload: bytes | bytearray) -> None:
-        raise NotImplementedError
+        """One whole frame: its first byte (FIN + opcode) and its unmasked payload."""
 
+    @abc.abstractmethod
     def protocol_error(self, why: str) -> None:
-        raise NotImplementedError
+        """The peer broke HTTP or RFC 6455: record why and drop the connection."""
 
     def data_received(self, data: bytes) -> None:
         if not self.head_done:

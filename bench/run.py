@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from streamhub.servers import hub_command  # noqa: E402
+
 PY = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = 0, 1
@@ -291,28 +294,6 @@ def ramp(
     return capacity, results
 
 
-def hub_command(server: str, port: int) -> list[str]:
-    if server == "daphne":
-        return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "streamhub.asgi:application"]
-    return [
-        PY,
-        "-m",
-        "uvicorn",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--ws-max-size",
-        "16777216",
-        "streamhub.asgi:application",
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=["daphne", "uvicorn", "both"], default="both")
@@ -355,10 +336,8 @@ def main() -> None:
         servers = ["daphne", "uvicorn"] if args.server == "both" else [args.server]
         for server in servers:
             ports = [free_port() for _ in range(args.processes)]
-            procs = [
-                start(pinned(SERVER_CPU, hub_command(server, port)), env, logs / f"{server}-{i}.log")
-                for i, port in enumerate(ports)
-            ]
+            commands = [pinned(SERVER_CPU, hub_command(server, port, python=PY, quiet=True)) for port in ports]
+            procs = [start(cmd, env, logs / f"{server}-{i}.log") for i, cmd in enumerate(commands)]
             try:
                 for port in ports:
                     wait_port(port)

@@ -141,6 +141,19 @@ class ReadOnlyRecordAdmin(admin.ModelAdmin):
 # --- accounts --------------------------------------------------------------------------------
 
 
+def object_urls(model_admin: admin.ModelAdmin[Any], model: str, views: dict[str, Any]) -> list[URLPattern]:
+    """An admin page per object for each view: `<id>/<slug>/`, named `streams_<model>_<slug>`."""
+    wrap = model_admin.admin_site.admin_view
+    return [
+        path(
+            f"<path:object_id>/{slug}/",
+            wrap(lambda request, object_id, view=view: view(model_admin, request, object_id)),
+            name=f"streams_{model}_{slug.replace('-', '_')}",
+        )
+        for slug, view in views.items()
+    ]
+
+
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
     list_display = ("name", "auth_id", "auth_token_masked", "ingest_token_masked", "rate_per_minute", "is_active")
@@ -341,20 +354,8 @@ class CallAdmin(ReadOnlyRecordAdmin):
         return utc(obj.ended_at)
 
     def get_urls(self) -> list[URLPattern]:
-        wrap = self.admin_site.admin_view
-        return [
-            path(
-                "<path:object_id>/start-stream/",
-                wrap(lambda request, object_id: admin_views.start_stream_view(self, request, object_id)),
-                name="streams_call_start_stream",
-            ),
-            path(
-                "<path:object_id>/hangup/",
-                wrap(lambda request, object_id: admin_views.call_hangup_view(self, request, object_id)),
-                name="streams_call_hangup",
-            ),
-            *super().get_urls(),
-        ]
+        views = {"start-stream": admin_views.start_stream_view, "hangup": admin_views.call_hangup_view}
+        return [*object_urls(self, "call", views), *super().get_urls()]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         live = Call.objects.filter(status=Call.Status.LIVE).count()
@@ -533,20 +534,8 @@ class StreamAdmin(ReadOnlyRecordAdmin):
         return drill_down(super().get_queryset(request).select_related("call", "account"))
 
     def get_urls(self) -> list[URLPattern]:
-        wrap = self.admin_site.admin_view
-        return [
-            path(
-                "<path:object_id>/debug-logs/",
-                wrap(lambda request, object_id: admin_views.debug_logs_view(self, request, object_id)),
-                name="streams_stream_debug_logs",
-            ),
-            path(
-                "<path:object_id>/stop/",
-                wrap(lambda request, object_id: admin_views.stream_stop_view(self, request, object_id)),
-                name="streams_stream_stop",
-            ),
-            *super().get_urls(),
-        ]
+        views = {"debug-logs": admin_views.debug_logs_view, "stop": admin_views.stream_stop_view}
+        return [*object_urls(self, "stream", views), *super().get_urls()]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         live = Stream.objects.filter(status__in=Stream.ACTIVE).count()

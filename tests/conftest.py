@@ -25,6 +25,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 
+from streamhub.servers import SERVERS, hub_command
 from streams.models import Account
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,34 +110,6 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], tmp: Path) -> Proc:
     fh = log_path.open("wb")
     popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     return Proc(name=name, popen=popen, log_path=log_path)
-
-
-SERVERS = ("daphne", "uvicorn")
-
-
-def hub_command(server: str, port: int) -> list[str]:
-    """The two supported ASGI servers, as docs/demo.md deploys them."""
-    if server == "uvicorn":
-        return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--ws",
-            "websockets-sansio",
-            "--ws-max-size",
-            "16777216",
-            "--lifespan",
-            "off",
-            "--no-access-log",
-            "streamhub.asgi:application",
-        ]
-    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "streamhub.asgi:application"]
 
 
 def start_hub(tmp: Path, name: str = "hub", *, server: str = "daphne", **overrides: Any) -> Proc:

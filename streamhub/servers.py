@@ -1,0 +1,26 @@
+"""How the hub is started under each supported ASGI server (the tests and the bench use these).
+
+uvicorn is the production server (bench/RESULTS.md); the Procfile, the systemd unit and
+bin/demo spell out the same flags. daphne, the design card's server, serves the same app.
+"""
+
+from __future__ import annotations
+
+import sys
+
+SERVERS = ("daphne", "uvicorn")
+APPLICATION = "streamhub.asgi:application"
+# uvloop and the sans-I/O websockets protocol: the measured fast path; D14's 16 MiB message limit;
+# no lifespan protocol (Channels' router has none)
+UVICORN_FLAGS = ("--loop", "uvloop", "--ws", "websockets-sansio", "--ws-max-size", "16777216", "--lifespan", "off")
+
+
+def hub_command(server: str, port: int, *, python: str = sys.executable, quiet: bool = False) -> list[str]:
+    """The command line of one hub process on 127.0.0.1:`port`; `quiet` logs warnings only."""
+    if server == "daphne":
+        return [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APPLICATION]
+    if server != "uvicorn":
+        raise ValueError(f"unknown server {server!r}: choose one of {', '.join(SERVERS)}")
+    log = ["--log-level", "warning"] if quiet else []
+    listen = ["--host", "127.0.0.1", "--port", str(port)]
+    return [python, "-m", "uvicorn", *listen, *UVICORN_FLAGS, "--no-access-log", *log, APPLICATION]
