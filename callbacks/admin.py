@@ -21,9 +21,9 @@ from django.utils.html import format_html, format_html_join
 
 from callbacks.models import CallbackAttempt, CallbackDelivery
 from callbacks.services import CALLBACK_EVENTS
-from streams import admin_views
-from streams.admin import ReadOnlyInline, ReadOnlyRecordAdmin, link, parse_uuid, truncate
-from streams.admin_views import utc
+from streams.console import views as admin_views
+from streams.console.base import ReadOnlyInline, ReadOnlyRecordAdmin, link, parse_uuid, truncate
+from streams.console.views import utc
 
 
 class CallbackEventFilter(admin.SimpleListFilter):

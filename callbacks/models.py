@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 
@@ -37,6 +38,21 @@ class CallbackDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} → {self.url} ({self.state})"
+
+
+OPEN_STATES = (CallbackDelivery.State.PENDING, CallbackDelivery.State.DELIVERING)
+
+
+def earlier_open() -> Exists:
+    """True for a delivery with an earlier delivery of its stream still open: it has to wait (per-stream order)."""
+    return Exists(
+        CallbackDelivery.objects.filter(stream_id=OuterRef("stream_id"), pk__lt=OuterRef("pk"), state__in=OPEN_STATES)
+    )
+
+
+def delivery_is_blocked(delivery_id: int) -> bool:
+    """An earlier delivery of the same stream is still open: the task that finishes it goes on with this one."""
+    return CallbackDelivery.objects.filter(pk=delivery_id).filter(earlier_open()).exists()
 
 
 class CallbackAttempt(models.Model):

@@ -20,11 +20,13 @@ Contract:
   delivery up when they go on (the claim check and their look for more work cannot
   both miss it).
 - `callbacks_sweep` (Celery beat) re-queues what a lost broker message or a killed
-  worker left behind, and ends the streams of hub processes that stopped beating.
+  worker left behind. (Streams of hub processes that stopped beating are the streams
+  app's sweep: `streams.orphans`.)
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -38,17 +40,16 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from callbacks import http, retry, signing
-from callbacks.models import CallbackAttempt, CallbackDelivery
+from callbacks.models import OPEN_STATES, CallbackAttempt, CallbackDelivery, delivery_is_blocked, earlier_open
+from callbacks.publish import queue_delivery
+from streams.models import Stream
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
 
-    from streams.models import Stream
-
 log = logging.getLogger(__name__)
 
 CALLBACK_EVENTS = frozenset({"StartStream", "StopStream", "DroppedStream", "DegradedStream"})
-OPEN_STATES = (CallbackDelivery.State.PENDING, CallbackDelivery.State.DELIVERING)
 # How long one task keeps going with its account's backlog before handing over to a
 # fresh task (keeps tasks well under the broker's visibility timeout).
 RUN_BUDGET_SECONDS = 20.0
@@ -58,8 +59,6 @@ INTERRUPTED = "interrupted: no result recorded (worker lost or message redeliver
 
 def callback_enqueue(*, stream: Stream, event: str, params: dict[str, str]) -> CallbackDelivery | None:
     """Write the outbox row for `event` (None when the stream has no callback URL)."""
-    from streams.models import Stream
-
     if event not in CALLBACK_EVENTS:
         raise ValueError(f"{event} is not a status callback event")
     if not stream.status_callback_url:
@@ -82,15 +81,7 @@ def callback_enqueue(*, stream: Stream, event: str, params: dict[str, str]) -> C
 
 
 def _queue(delivery_id: int, *, countdown: float | None = None, check_order: bool = True) -> None:
-    from callbacks.tasks import queue_delivery
-
     queue_delivery(delivery_id, countdown=countdown, check_order=check_order)
-
-
-def _earlier_open() -> Exists:
-    return Exists(
-        CallbackDelivery.objects.filter(stream_id=OuterRef("stream_id"), pk__lt=OuterRef("pk"), state__in=OPEN_STATES)
-    )
 
 
 def _account_full(limit: int) -> Exists:
@@ -99,11 +90,6 @@ def _account_full(limit: int) -> Exists:
         account_id=OuterRef("account_id"), state=CallbackDelivery.State.DELIVERING
     ).order_by()
     return Exists(in_flight[limit - 1 : limit])
-
-
-def callback_is_blocked(delivery_id: int) -> bool:
-    """An earlier delivery of the same stream is still open: the task that finishes it goes on with this one."""
-    return CallbackDelivery.objects.filter(pk=delivery_id).filter(_earlier_open()).exists()
 
 
 def callback_next(*, stream_id: int) -> int | None:
@@ -116,7 +102,7 @@ def callback_ready(*, account_id: int, now: datetime | None = None) -> int | Non
     """The oldest delivery of this account that could be sent right now (due, first in its stream)."""
     ready = CallbackDelivery.objects.filter(
         account_id=account_id, state=CallbackDelivery.State.PENDING, next_attempt_at__lte=now or timezone.now()
-    ).exclude(_earlier_open())
+    ).exclude(earlier_open())
     return ready.order_by("pk").values_list("pk", flat=True).first()
 
 
@@ -146,7 +132,7 @@ def _claim(delivery: CallbackDelivery, now: datetime) -> CallbackAttempt | None:
             CallbackDelivery.objects.filter(
                 pk=delivery.pk, state=CallbackDelivery.State.PENDING, next_attempt_at__lte=now
             )
-            .exclude(_earlier_open())
+            .exclude(earlier_open())
             .exclude(_account_full(_account_concurrency()))
             .update(state=CallbackDelivery.State.DELIVERING, claimed_at=now, attempt_count=F("attempt_count") + 1)
         )
@@ -179,7 +165,7 @@ def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
         return AttemptOutcome("not-due")
     attempt = _claim(delivery, now)
     if attempt is None:
-        if callback_is_blocked(delivery.pk):
+        if delivery_is_blocked(delivery.pk):
             return AttemptOutcome("waiting")
         fresh = CallbackDelivery.objects.filter(pk=delivery.pk).values_list("state", flat=True).first()
         if fresh == CallbackDelivery.State.PENDING:
@@ -315,9 +301,9 @@ def callbacks_requeue_stale(*, now: datetime | None = None, limit: int = SWEEP_B
                 delivery_id=row.pk, number=row.attempt_count, status_code=None, error=""
             ).update(error=INTERRUPTED)
             if exhausted:
-                transaction.on_commit(lambda stream_id=row.stream_id: _queue_next(stream_id))
+                transaction.on_commit(functools.partial(_queue_next, row.stream_id))
             else:
-                transaction.on_commit(lambda pk=row.pk: _queue(pk, check_order=False))
+                transaction.on_commit(functools.partial(_queue, row.pk, check_order=False))
         requeued += 1
 
     # Pending, first in its stream, and due long ago: its broker message was lost (a
@@ -325,7 +311,7 @@ def callbacks_requeue_stale(*, now: datetime | None = None, limit: int = SWEEP_B
     # next_attempt_at keeps the next sweeps from queueing it again and again.
     lost = (
         CallbackDelivery.objects.filter(state=state.PENDING, next_attempt_at__lt=deadline)
-        .exclude(_earlier_open())
+        .exclude(earlier_open())
         .order_by("pk")
         .values_list("pk", "stream_id", "next_attempt_at")
     )
@@ -336,49 +322,11 @@ def callbacks_requeue_stale(*, now: datetime | None = None, limit: int = SWEEP_B
             if CallbackDelivery.objects.filter(pk=pk, state=state.PENDING, next_attempt_at=due).update(
                 next_attempt_at=now
             ):
-                transaction.on_commit(lambda pk=pk: _queue(pk, check_order=False))
+                transaction.on_commit(functools.partial(_queue, pk, check_order=False))
                 requeued += 1
     return requeued
 
 
-def streams_close_orphaned(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> int:
-    """End active streams held by hub processes that stopped beating; returns how many it ended.
-
-    Exactly once however many sweepers run: `stream_end` is a conditional update.
-    """
-    from streams.models import Call, HubProcess, Stream
-    from streams.services import stream_end
-
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.STREAMHUB_ORPHAN_AFTER_SECONDS)
-    alive = HubProcess.objects.filter(heartbeat_at__gte=cutoff).values("server_id")
-    orphans = (
-        Stream.objects.filter(end_time__isnull=True, created_at__lt=cutoff)
-        .exclude(server_id__in=alive)
-        .select_related("account", "call")
-        .order_by("pk")
-    )
-    ended = 0
-    for stream in orphans[:limit]:
-        error = f"hub process {stream.server_id or '(unknown)'} stopped responding"
-        if stream_end(stream=stream, reason=Stream.Reason.CONNECTION_ERROR, error=error, notify_session=False):
-            ended += 1
-            log.warning("ended stream %s: %s", stream.stream_id, error)
-    calls = (
-        Call.objects.filter(status=Call.Status.LIVE, started_at__lt=cutoff)
-        .exclude(server_id__in=alive)
-        .exclude(streams__end_time__isnull=True)
-        .order_by("pk")
-    )
-    for call in calls[:limit]:
-        if call.mark_ended():
-            log.warning("ended call %s: hub process %s stopped responding", call.call_uuid, call.server_id)
-    return ended
-
-
 def callbacks_sweep(*, now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
-    return {
-        "streams_ended": streams_close_orphaned(now=now),
-        "callbacks_requeued": callbacks_requeue_stale(now=now),
-    }
+    return {"callbacks_requeued": callbacks_requeue_stale(now=now)}

@@ -183,6 +183,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_SWEEP_SECONDS = env_float("STREAMHUB_SWEEP_SECONDS", default=30.0, minimum=0.5)
 CELERY_BEAT_SCHEDULE = {
     "callbacks-sweep": {"task": "callbacks.tasks.sweep", "schedule": CELERY_SWEEP_SECONDS},
+    "streams-orphans": {"task": "streams.tasks.sweep_orphans", "schedule": CELERY_SWEEP_SECONDS},
 }
 
 # --- streamhub ---------------------------------------------------------------------

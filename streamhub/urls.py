@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from streams import health
+from streams.live import health
 
 urlpatterns = [
     path("admin/", admin.site.urls),

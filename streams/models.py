@@ -16,7 +16,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from streams import billing
+from streams.core import billing
 
 AUTH_ID_ALPHABET = string.ascii_uppercase + string.digits
 TOKEN_ALPHABET = string.ascii_letters + string.digits

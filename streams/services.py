@@ -9,6 +9,7 @@ told over the channel layer to close sockets, and its own `stream_end` is a no-o
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,8 +19,8 @@ from django.utils import timezone
 
 from callbacks.services import CALLBACK_EVENTS, callback_enqueue
 from streams import control
+from streams.core.validation import StreamParams
 from streams.models import Account, Call, HubProcess, Stream, StreamEvent
-from streams.validation import StreamParams
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def stream_log(*, stream: Stream, event: str, error: str = "", extra: dict[str, 
 def call_open(
     *,
     account: Account,
-    call_uuid: object,
+    call_uuid: uuid.UUID | str,
     from_number: str = "",
     to_number: str = "",
     direction: str = "inbound",

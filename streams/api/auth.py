@@ -27,7 +27,8 @@ BAD_CREDENTIALS = "Invalid auth_id or auth_token."
 class AccountBasicAuthentication(BasicAuthentication):
     www_authenticate_realm = "streamhub"
 
-    def authenticate_credentials(
+    # (user, auth): both are the account; DRF's stubs say auth is always None
+    def authenticate_credentials(  # type: ignore[override]
         self, userid: str, password: str, request: Request | None = None
     ) -> tuple[Account, Account]:
         # Checked before the query: a NUL byte makes PostgreSQL raise instead of matching nothing.

@@ -38,8 +38,9 @@ def requested_status(request: Request, *, default: str | None) -> str | None:
     return value
 
 
+# …/Call/: list (GET); DELETE is refused with 405.
 class CallListApi(APIView):
-    class OutputSerializer(serializers.Serializer):
+    class Listed(serializers.Serializer):
         api_id = serializers.UUIDField()
         meta = MetaSerializer()
         objects = CallObjectSerializer(many=True)
@@ -52,7 +53,7 @@ class CallListApi(APIView):
         summary="List the account's calls, newest first",
         tags=TAGS,
         parameters=[status_param(description="live (default) or ended"), *PAGE_PARAMETERS],
-        responses={200: OutputSerializer, 400: ERROR, 401: ERROR},
+        responses={200: Listed, 400: ERROR, 401: ERROR},
     )
     def get(self, request: Request, auth_id: str) -> Response:
         wanted = requested_status(request, default=Call.Status.LIVE)
@@ -63,9 +64,9 @@ class CallListApi(APIView):
         )
         page = paginate(request, calls)
         body = {"api_id": new_api_id(), "meta": page.meta, "objects": page.objects}
-        return Response(CallListApi.OutputSerializer(body).data)
+        return Response(CallListApi.Listed(body).data)
 
-    def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+    def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> Response:  # type: ignore[override]
         if request.method == "DELETE":
             raise exceptions.MethodNotAllowed(
                 "DELETE",
@@ -74,8 +75,9 @@ class CallListApi(APIView):
         return super().http_method_not_allowed(request, *args, **kwargs)
 
 
-class CallGetApi(APIView):
-    class OutputSerializer(WithApiId, CallObjectSerializer):
+# …/Call/{call_uuid}/: get (GET), hang up (DELETE).
+class CallDetailApi(APIView):
+    class Detail(WithApiId, CallObjectSerializer):
         class Meta:
             ref_name = "CallDetail"
 
@@ -85,17 +87,15 @@ class CallGetApi(APIView):
         tags=TAGS,
         # plivo's live_calls.get() asks for ?status=live and expects 404 once the call ended
         parameters=[status_param(description="when given, 404 unless the call is in that state")],
-        responses={200: OutputSerializer, 400: ERROR, 401: ERROR, 404: ERROR},
+        responses={200: Detail, 400: ERROR, 401: ERROR, 404: ERROR},
     )
     def get(self, request: Request, auth_id: str, call_uuid: str) -> Response:
         wanted = requested_status(request, default=None)
         call = call_for(request, call_uuid)
         if wanted is not None and call.status != wanted:
             return api_error(f"No {wanted} call found.", status=status.HTTP_404_NOT_FOUND)
-        return Response(CallGetApi.OutputSerializer(call).data)
+        return Response(CallDetailApi.Detail(call).data)
 
-
-class CallHangupApi(APIView):
     @extend_schema(
         operation_id="call_hangup",
         summary='Hang up a live call; its streams end with "Call hangup"',

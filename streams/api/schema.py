@@ -10,7 +10,7 @@ from typing import Any
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
-class AccountBasicScheme(OpenApiAuthenticationExtension):
+class AccountBasicScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     """Describes the Basic scheme in the OpenAPI schema (drf-spectacular only knows DRF's own class)."""
 
     target_class = "streams.api.auth.AccountBasicAuthentication"

@@ -1,8 +1,8 @@
 """Stream operations under /v1/Account/{auth_id}/Call/{call_uuid}/Stream/ (spec §5, D19).
 
-One APIView per operation; `urls.route` joins the ones that share a path. Start and
-stop go through `streams.services`, the same functions the admin and the call
-session use. Bodies on DELETE (the plivo SDK sends call_uuid/stream_id) are ignored.
+One APIView per path, a method per operation (Plivo serves several operations on one
+path). Start and stop go through `streams.services`, the same functions the admin and
+the call session use. Bodies on DELETE (the plivo SDK sends call_uuid/stream_id) are ignored.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from streams.api.errors import MAX_BODY_BYTES, PayloadTooLarge, api_error, new_a
 from streams.api.lookups import call_for, request_account, stream_for
 from streams.api.pagination import PAGE_PARAMETERS, paginate
 from streams.api.serializers import ErrorSerializer, MetaSerializer, StreamObjectSerializer, WithApiId
+from streams.core.validation import StreamParamError, StreamParams, validate_stream_params
 from streams.models import Call, Stream
-from streams.validation import StreamParamError, StreamParams, validate_stream_params
 
 ERROR = OpenApiResponse(ErrorSerializer, description='{"api_id", "error"}')
 NO_CONTENT = OpenApiResponse(description="Done; empty body.")
@@ -46,8 +46,9 @@ def request_body(request: Request) -> Any:
         raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
 
 
-class StreamStartApi(APIView):
-    class InputSerializer(serializers.Serializer):
+# …/Call/{call_uuid}/Stream/: start (POST), list (GET), stop all (DELETE).
+class StreamCollectionApi(APIView):
+    class StartInput(serializers.Serializer):
         # The fields document the parameters; checking them is the shared validator's job
         # (to_internal_value), so REST, gateway metadata and admin agree on every rule.
 
@@ -101,7 +102,7 @@ class StreamStartApi(APIView):
             except StreamParamError as exc:
                 raise serializers.ValidationError(exc.errors) from None
 
-    class OutputSerializer(serializers.Serializer):
+    class Started(serializers.Serializer):
         api_id = serializers.UUIDField()
         message = serializers.CharField()
         stream_id = serializers.UUIDField()
@@ -113,14 +114,14 @@ class StreamStartApi(APIView):
         operation_id="stream_start",
         summary="Start an audio stream on a live call",
         tags=TAGS,
-        request=InputSerializer,
-        responses={201: OutputSerializer, 400: ERROR, 401: ERROR, 404: ERROR, 413: ERROR, 415: ERROR},
+        request=StartInput,
+        responses={201: Started, 400: ERROR, 401: ERROR, 404: ERROR, 413: ERROR, 415: ERROR},
     )
     def post(self, request: Request, auth_id: str, call_uuid: str) -> Response:
         call = call_for(request, call_uuid)
         if call.status != Call.Status.LIVE:
             return api_error("Call has ended.", status=status.HTTP_404_NOT_FOUND)
-        serializer = StreamStartApi.InputSerializer(data=request_body(request))
+        serializer = StreamCollectionApi.StartInput(data=request_body(request))
         serializer.is_valid(raise_exception=True)
         params: StreamParams = serializer.validated_data
         try:
@@ -133,11 +134,9 @@ class StreamStartApi(APIView):
                 status=status.HTTP_400_BAD_REQUEST,
             )
         body = {"api_id": new_api_id(), "message": "audio streaming started", "stream_id": stream.stream_id}
-        return Response(StreamStartApi.OutputSerializer(body).data, status=status.HTTP_201_CREATED)
+        return Response(StreamCollectionApi.Started(body).data, status=status.HTTP_201_CREATED)
 
-
-class StreamListApi(APIView):
-    class OutputSerializer(serializers.Serializer):
+    class Listed(serializers.Serializer):
         api_id = serializers.UUIDField()
         meta = MetaSerializer()
         objects = StreamObjectSerializer(many=True)
@@ -150,7 +149,7 @@ class StreamListApi(APIView):
         summary="List a call's streams, newest first",
         tags=TAGS,
         parameters=PAGE_PARAMETERS,
-        responses={200: OutputSerializer, 400: ERROR, 401: ERROR, 404: ERROR},
+        responses={200: Listed, 400: ERROR, 401: ERROR, 404: ERROR},
     )
     def get(self, request: Request, auth_id: str, call_uuid: str) -> Response:
         call = call_for(request, call_uuid)
@@ -161,10 +160,8 @@ class StreamListApi(APIView):
         )
         page = paginate(request, streams)
         body = {"api_id": new_api_id(), "meta": page.meta, "objects": page.objects}
-        return Response(StreamListApi.OutputSerializer(body).data)
+        return Response(StreamCollectionApi.Listed(body).data)
 
-
-class StreamStopAllApi(APIView):
     @extend_schema(
         operation_id="stream_stop_all",
         summary="Stop every active stream of a call (idempotent)",
@@ -181,8 +178,9 @@ class StreamStopAllApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class StreamGetApi(APIView):
-    class OutputSerializer(WithApiId, StreamObjectSerializer):
+# …/Call/{call_uuid}/Stream/{stream_id}/: get (GET), stop (DELETE).
+class StreamDetailApi(APIView):
+    class Detail(WithApiId, StreamObjectSerializer):
         class Meta:
             ref_name = "StreamDetail"
 
@@ -190,14 +188,12 @@ class StreamGetApi(APIView):
         operation_id="stream_get",
         summary="Get one stream",
         tags=TAGS,
-        responses={200: OutputSerializer, 401: ERROR, 404: ERROR},
+        responses={200: Detail, 401: ERROR, 404: ERROR},
     )
     def get(self, request: Request, auth_id: str, call_uuid: str, stream_id: str) -> Response:
         stream = stream_for(request, call_uuid, stream_id)
-        return Response(StreamGetApi.OutputSerializer(stream).data)
+        return Response(StreamDetailApi.Detail(stream).data)
 
-
-class StreamStopApi(APIView):
     @extend_schema(
         operation_id="stream_stop",
         summary='Stop one stream (hangup reason "API request")',

@@ -10,8 +10,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from streams import services
+from streams.core.validation import validate_stream_params
 from streams.models import Account, Call, Stream
-from streams.validation import validate_stream_params
 
 SERVICE_URL = "wss://bot.example.com/ws"
 

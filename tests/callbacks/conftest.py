@@ -8,8 +8,8 @@ import pytest
 
 from callbacks.models import CallbackDelivery
 from streams import services
+from streams.core.validation import validate_stream_params
 from streams.models import Account, Stream
-from streams.validation import validate_stream_params
 from tests.callbacks.receiver import Receiver, running_receiver
 
 # Short retry settings for worker subprocesses and in-process runs alike.

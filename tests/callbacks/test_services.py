@@ -1,6 +1,6 @@
 """Delivery, ordering and the sweep, run in-process against a real HTTP endpoint on 127.0.0.1.
 
-The broker is the one thing replaced: `deliver.apply_async` is recorded instead of
+The broker is the one thing replaced: `publish.send` is recorded instead of
 published, so each test sees exactly what would have been queued.
 """
 
@@ -14,9 +14,10 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from callbacks import services, tasks
-from callbacks.models import CallbackAttempt, CallbackDelivery
+from callbacks import publish, services, tasks
+from callbacks.models import CallbackAttempt, CallbackDelivery, delivery_is_blocked
 from callbacks.retry import Verdict
+from streams import orphans
 from streams import services as stream_services
 from streams.models import Account, Call, HubProcess, Stream
 from tests.callbacks.conftest import deliveries, open_stream, started_stream
@@ -54,11 +55,11 @@ def published(monkeypatch: pytest.MonkeyPatch) -> Published:
     sent = Published()
     lock = threading.Lock()
 
-    def record(args: tuple[int], countdown: float | None = None, **_: Any) -> None:
+    def record(delivery_id: int, countdown: float | None) -> None:
         with lock:
-            sent.append((args[0], countdown))
+            sent.append((delivery_id, countdown))
 
-    monkeypatch.setattr(tasks.deliver, "apply_async", record)
+    monkeypatch.setattr(publish, "send", record)
     return sent
 
 
@@ -237,7 +238,7 @@ def test_a_later_callback_waits_for_the_earlier_one(
         stream_services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
     start, stop = deliveries(stream)
     assert published.ids() == []  # Stop is behind Start: not queued at all
-    assert services.callback_is_blocked(stop.pk)
+    assert delivery_is_blocked(stop.pk)
     assert attempt(stop) == "waiting"
     assert receiver.hits_for("/cb") == []
     assert services.callback_ready(account_id=account.pk) == start.pk
@@ -396,10 +397,10 @@ def test_the_sweep_ends_streams_of_a_dead_hub_once(
 ) -> None:
     settings.STREAMHUB_ORPHAN_AFTER_SECONDS = 60
     dead, alive = orphan_setup(account, receiver)
-    assert services.streams_close_orphaned(now=timezone.now()) == 0  # too young to judge
+    assert orphans.streams_close_orphaned(now=timezone.now()) == 0  # too young to judge
     later = timezone.now() + timedelta(seconds=61)
-    assert services.callbacks_sweep(now=later)["streams_ended"] == 1
-    assert services.callbacks_sweep(now=later)["streams_ended"] == 0
+    assert orphans.streams_close_orphaned(now=later) == 1
+    assert orphans.streams_close_orphaned(now=later) == 0
     dead.refresh_from_db()
     alive.refresh_from_db()
     assert dead.status == Stream.Status.FAILED and dead.hangup_reason == Stream.Reason.CONNECTION_ERROR
@@ -418,7 +419,7 @@ def test_two_sweepers_at_once_end_each_orphan_exactly_once(
     account: Account, receiver: Receiver, published: Published, settings: Any
 ) -> None:
     settings.STREAMHUB_ORPHAN_AFTER_SECONDS = 60
-    orphans = [orphan_setup(account, receiver)[0] for _ in range(4)]
+    orphaned = [orphan_setup(account, receiver)[0] for _ in range(4)]
     later = timezone.now() + timedelta(seconds=61)
     barrier = threading.Barrier(2)
     results: list[int] = []
@@ -426,7 +427,7 @@ def test_two_sweepers_at_once_end_each_orphan_exactly_once(
     def sweeper() -> None:
         barrier.wait()
         try:
-            results.append(services.streams_close_orphaned(now=later))
+            results.append(orphans.streams_close_orphaned(now=later))
         finally:
             connection.close()
 
@@ -436,6 +437,6 @@ def test_two_sweepers_at_once_end_each_orphan_exactly_once(
     for thread in threads:
         thread.join(60)
     assert len(results) == 2 and sum(results) == 4
-    for stream in orphans:
+    for stream in orphaned:
         assert [d.event for d in deliveries(stream)] == ["StartStream", "DroppedStream"]
         assert stream.events.filter(event="DroppedStream").count() == 1

@@ -23,7 +23,7 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
-from callbacks import retry, services, tasks
+from callbacks import publish, retry, services
 from callbacks.models import CallbackDelivery
 from streamhub.celery import app as celery_app
 from streams import services as stream_services
@@ -188,7 +188,7 @@ def broker_outage(
 ) -> Iterator[tuple[Callable[[], None], Callable[[], None], dict[str, str]]]:
     """(stop, start, worker env) for the broker this configuration runs on."""
     # This process stops trying a broker that failed for a while; the outage ends with the test.
-    monkeypatch.setattr(tasks, "_broker_down_until", 0.0)
+    monkeypatch.setattr(publish, "_broker_down_until", 0.0)
     if settings.REDIS_URL:
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed")

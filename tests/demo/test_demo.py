@@ -20,7 +20,7 @@ import pytest
 
 from callbacks.models import CallbackDelivery
 from streams.models import Call, Stream
-from streams.wavio import read_wav, rms
+from streams.simulator.wavio import read_wav, rms
 from tests.conftest import ROOT, free_port, server_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

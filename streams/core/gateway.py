@@ -1,0 +1,33 @@
+"""What a call looks like to the hub, whichever gateway framing announced it (pure).
+
+Each framing (mod_audio_fork/jambonz in `audiofork`, Asterisk in `asterisk`) turns its
+own handshake into one GatewayMetadata; the call session reads nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.core.framing import dumps
+
+
+@dataclass
+class GatewayMetadata:
+    call_id: str = ""
+    from_number: str = ""
+    to_number: str = ""
+    direction: str = "inbound"
+    sample_rate: int = 8000
+    mix_type: str = "mono"
+    streams: list[dict[str, Any]] = field(default_factory=list)
+    raw: dict[str, Any] | str = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return 2 if self.mix_type == "stereo" else 1
+
+
+def gateway_error(message: str) -> str:
+    return dumps({"type": "error", "data": {"error": message}})

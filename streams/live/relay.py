@@ -1,0 +1,537 @@
+"""One customer connection: the asyncio task that relays a stream (spec §1–§3, D2–D10, D14).
+
+Contract:
+- Audio reaches the relay as 20 ms PCM frames from the call session (`on_audio`, no await,
+  no database). Each becomes a `media` message in the SendBuffer at once, from the moment
+  the stream exists, so nothing is lost while connecting or retrying (D2).
+- The writer dials `service_url` (1 attempt + 2 retries), sends `start`, then drains the
+  buffer in order. The kernel's share is kept small (SO_SNDBUF, write_limit) so that
+  what waits is counted by the buffer; 30/60/90 % -> DegradedStream, overflow -> drop.
+- It ends exactly once (`stop`), whoever asks: API request, call hangup, stream timeout,
+  connection error; `stream_end` in the service layer makes the end idempotent.
+- Debug events are queued in memory and written by a background flusher, never awaited
+  on the audio path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import ssl
+import time
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from django.conf import settings
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
+
+from streams import services
+from streams.core import framing, plivo
+from streams.core.audio import Decoder, Encoder, Format
+from streams.core.buffer import Degraded, Overflow, SendBuffer
+from streams.core.playback import QueueFull
+from streams.live.dbasync import db_async
+from streams.models import Stream
+
+log = logging.getLogger(__name__)
+
+FRAME_SECONDS = 0.020
+OPEN = State.OPEN
+SOCKET_SNDBUF = 32 * 1024  # D7: keep the kernel's share of a backlog small and countable
+WRITE_LIMIT = 16 * 1024
+MAX_MESSAGE = 16 * 1024 * 1024  # D14: beyond this the library closes with 1009
+DEBUG_EVENT_LIMIT = 200  # per kind of peer-triggered event, then one "suppressed" note
+SAMPLE_EVERY = 1.0
+MAX_SAMPLES = 3600
+
+
+def redact_url(url: str) -> str:
+    """For process logs: a service URL without its query string (it may carry a token)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "…" if parts.query else "", ""))
+
+
+def _ssl_context(url: str) -> ssl.SSLContext | None:
+    if not url.startswith("wss://"):
+        return None
+    return _tls_context(settings.STREAMHUB_CUSTOMER_CA_BUNDLE)
+
+
+@functools.cache
+def _tls_context(cafile: str | None) -> ssl.SSLContext:
+    # ~20 ms to build (it loads the CA store): once per process, not on the event loop per call
+    return ssl.create_default_context(cafile=cafile)
+
+
+def upgrade_headers(url: str, auth_token: str) -> dict[str, str]:
+    from callbacks.signing import new_nonce, sign_ws_upgrade
+
+    return sign_ws_upgrade(url, auth_token, new_nonce())
+
+
+class RelayHost(Protocol):
+    """What a relay needs from the call it belongs to; the CallSession implements it."""
+
+    def relay_finished(self, relay: StreamRelay) -> None:
+        """The relay ended (its row is being written): forget it, drop its queued playback."""
+
+    def play(self, relay: StreamRelay, pcm: bytes) -> None:
+        """Queue decoded `playAudio` audio for the call; raises QueueFull beyond the bound."""
+
+    def checkpoint(self, relay: StreamRelay, name: str) -> bool:
+        """False when the checkpoint is due at once; True when it waits behind queued audio."""
+
+    def clear(self, relay: StreamRelay) -> tuple[int, list[str]]:
+        """Drop this stream's queued audio: (frames dropped, checkpoint names dropped)."""
+
+    def send_dtmf(self, relay: StreamRelay, digits: str) -> bool:
+        """Ask the gateway to play DTMF; False when it has no such command."""
+
+
+class StreamRelay:
+    def __init__(self, *, session: RelayHost, stream: Stream, gateway_rate: int) -> None:
+        self.session = session
+        self.stream = stream
+        self.stream_id = str(stream.stream_id)
+        self.fmt = Format.from_content_type(stream.content_type)
+        self.tracks: tuple[str, ...] = tuple(stream.tracks)
+        self.encoders = {track: Encoder(gateway_rate, self.fmt) for track in self.tracks}
+        self.chunks = dict.fromkeys(self.tracks, 0)
+        # One inbound track in the gateway's own format: a session frame is exactly one message
+        # (its encoder would pass it through), so on_audio takes a short path with its own counter.
+        self._plain_inbound = self.tracks == ("inbound",) and self.encoders["inbound"].passthrough
+        self._chunk = 0
+        self.template = plivo.MediaTemplate(self.stream_id, stream.extra_headers)
+        self.decoder = Decoder(gateway_rate)
+        self.buffer = SendBuffer(settings.STREAMHUB_STREAM_BUFFER_SECONDS)
+        self.seq = 1  # `start` is 1; every later frame takes the next number when it is queued
+        self.start_ms = int(time.time() * 1000)
+        self.started_mono = time.monotonic()
+        self.ws: ClientConnection | None = None
+        self.end_reason: str | None = None
+        self.end_error = ""
+        self.connected = False
+        self._idle = False
+        self._running = False
+        self.frames_sent = 0
+        self.played_ms = 0
+        self.skipped_ms = 0
+        self.samples: list[list[float]] = []
+        self._next_sample = self.started_mono
+        self._sample_every = SAMPLE_EVERY
+        self._wake = asyncio.Event()
+        self._events: list[tuple[str, str, dict[str, Any]]] = []
+        self._event_counts: dict[str, int] = {}
+        self._events_wake = asyncio.Event()
+        # one DB write of this stream at a time, so debug events and callbacks keep their order
+        self._db_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timeout: asyncio.TimerHandle | None = None
+        self.done = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"relay-{self.stream_id}")
+        self._spawn(self._flush_events())
+        elapsed = time.monotonic() - self.started_mono
+        self._timeout = loop.call_later(
+            max(0.0, self.stream.stream_timeout - elapsed), self.stop, Stream.Reason.STREAM_TIMEOUT
+        )
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def stop(self, reason: str, error: str = "") -> None:
+        """Ask the relay to end with `reason`; the first reason wins."""
+        if self.end_reason is not None:
+            return
+        self.end_reason, self.end_error = reason, error
+        task = self._task
+        # Only a task that is running can be cancelled safely: cancelling one that has not
+        # started yet would skip its `finally` (and `done` would never be set).
+        if self._running and task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    async def wait(self) -> None:
+        await self.done.wait()
+
+    def backdate(self, created_at: float) -> None:
+        """Start the stream's clock at `created_at` (epoch seconds), for audio backfilled from before
+        this process heard of the stream (D2), so timestamps stay the audio's position."""
+        age = max(0.0, time.time() - created_at)
+        self.start_ms = int(created_at * 1000)
+        self.started_mono -= age
+
+    def count_playback(self, *, sent: bool) -> None:
+        """One 20 ms frame of this stream's playback left for the call (or was skipped after a stall)."""
+        if sent:
+            self.played_ms += 20
+        else:
+            self.skipped_ms += 20
+
+    async def _run(self) -> None:
+        self._running = True
+        try:
+            if self.end_reason is None:
+                ws = await self._connect()
+                if ws is not None and self.end_reason is None:
+                    await self._serve(ws)
+        except asyncio.CancelledError:
+            pass
+        except ConnectionClosed as exc:
+            self.stop(Stream.Reason.CONNECTION_ERROR, describe_close(exc))
+        except Exception as exc:  # a relay bug must end this stream only, loudly
+            log.exception("relay %s failed", self.stream_id)
+            self.stop(Stream.Reason.CONNECTION_ERROR, f"internal error: {type(exc).__name__}")
+        finally:
+            await self._finish()
+
+    async def _connect(self) -> ClientConnection | None:
+        url = self.stream.service_url
+        attempts = 3
+        last = ""
+        for attempt in range(1, attempts + 1):
+            try:
+                ws = await connect(
+                    url,
+                    additional_headers=upgrade_headers(url, self.stream.account.auth_token),
+                    user_agent_header="streamhub",
+                    open_timeout=settings.STREAMHUB_CONNECT_TIMEOUT,
+                    ssl=_ssl_context(url),
+                    compression=None,
+                    max_size=MAX_MESSAGE,
+                    write_limit=WRITE_LIMIT,
+                    close_timeout=2,
+                    proxy=None,
+                    # A customer that stops reading stops answering pings too: let the D7
+                    # buffer (Degraded 30/60/90, then Dropped) decide, not the keepalive.
+                    ping_interval=20,
+                    ping_timeout=settings.STREAMHUB_STREAM_BUFFER_SECONDS + 20,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                last = describe_connect_error(exc)
+                self.log_event("ConnectAttemptFailed", last, {"Attempt": attempt, "MaxAttempts": attempts})
+                log.info("stream %s: attempt %d to %s failed: %s", self.stream_id, attempt, redact_url(url), last)
+                if attempt < attempts:
+                    await asyncio.sleep(settings.STREAMHUB_CONNECT_RETRY_DELAY * attempt)
+                continue
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF)
+            self.ws = ws
+            self.log_event("Connected", "", {"Attempt": attempt})
+            return ws
+        self.stop(Stream.Reason.CONNECTION_ERROR, f"could not connect after {attempts} attempts: {last}")
+        return None
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        stream = self.stream
+        await ws.send(
+            plivo.start_message(
+                call_id=str(stream.call.call_uuid),
+                stream_id=self.stream_id,
+                account_id=stream.account.auth_id,
+                tracks=list(self.tracks),
+                encoding=self.fmt.encoding,
+                sample_rate=self.fmt.rate,
+                extra_headers=stream.extra_headers,
+            )
+        )
+        self.connected = True
+        self._spawn(self._record_started())  # the audio does not wait for the database
+        reader = self._spawn(self._read(ws))
+        try:
+            await self._write(ws)
+        finally:
+            reader.cancel()
+
+    async def _record_started(self) -> None:
+        try:
+            await self._flush_now()  # debug events so far, in order, before StartStream
+            async with self._db_lock:
+                await db_async(services.stream_mark_started)(stream=self.stream)
+        except Exception:
+            log.exception("could not record the start of stream %s", self.stream_id)
+
+    async def _write(self, ws: ClientConnection) -> None:
+        buffer, wake = self.buffer, self._wake
+        while True:
+            while buffer:
+                await ws.send(buffer.popleft())
+                self.frames_sent += 1
+            self._idle = True
+            wake.clear()
+            await wake.wait()
+            self._idle = False
+
+    def pump(self) -> None:
+        """Write what is queued from the caller's task, without waiting, while the socket takes it.
+
+        Saves the writer task a wake-up per frame. It frames with the connection's sans-I/O
+        protocol and hands the bytes to the transport (no drain: this must never block the
+        ingest). Once the transport pauses (the customer is slow) the writer, which does
+        wait for drain, takes over; it is parked while we write, so the wire keeps the
+        buffer's order. websockets is pinned; tests cover this path.
+        """
+        ws = self.ws
+        if not self._idle or ws is None or ws.paused or self.end_reason is not None:
+            self._wake.set()
+            return
+        protocol = ws.protocol
+        if protocol.state is not OPEN:
+            self._wake.set()  # the writer's send raises ConnectionClosed and ends the stream
+            return
+        buffer = self.buffer
+        items = buffer.items
+        sent = 0
+        while items and not ws.paused:
+            protocol.send_text(buffer.popleft().encode())
+            ws.send_data()
+            sent += 1
+        self.frames_sent += sent
+        if items:
+            self._wake.set()
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for message in ws:
+                try:
+                    self.on_customer_message(message)
+                except Exception as exc:  # rule 7: bad input never ends the stream
+                    log.exception("stream %s: customer message failed", self.stream_id)
+                    self.log_noisy("InvalidMessage", f"could not handle the message: {type(exc).__name__}")
+        except ConnectionClosed as exc:
+            self.stop(Stream.Reason.CONNECTION_ERROR, describe_close(exc))
+            return
+        # a clean close by the customer ends the stream too (D5: no reconnect)
+        self.stop(Stream.Reason.CONNECTION_ERROR, describe_close_code(ws.close_code, ws.close_reason))
+
+    async def _finish(self) -> None:
+        try:
+            await self._finish_inner()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            self.done.set()
+
+    async def _finish_inner(self) -> None:
+        if self._timeout is not None:
+            self._timeout.cancel()
+        reason = self.end_reason or Stream.Reason.CONNECTION_ERROR
+        self.end_reason = reason
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            await self._close_socket(ws, reason)
+        self.session.relay_finished(self)
+        if self.end_error:
+            log.info("stream %s ended: %s (%s)", self.stream_id, reason, self.end_error)
+        self._sample(time.monotonic(), force=True)
+        stats = {"frames_sent": self.frames_sent, "played_ms": self.played_ms, "buffer_samples": self.samples}
+        try:
+            await self._flush_now()
+            async with self._db_lock:
+                await db_async(services.stream_end)(
+                    stream=self.stream, reason=reason, error=self.end_error, stats=stats, notify_session=False
+                )
+        except Exception:
+            log.exception("could not record the end of stream %s", self.stream_id)
+
+    async def _close_socket(self, ws: ClientConnection, reason: str) -> None:
+        slow = self.end_error == services.DROPPED_SLOW
+        if slow:
+            ws.transport.abort()  # a consumer that does not read would stall the closing handshake
+            return
+        try:
+            if settings.STREAMHUB_SEND_STOP_FRAME and self.connected:
+                self.seq += 1
+                await asyncio.wait_for(
+                    ws.send(plivo.stop_message(seq=self.seq, stream_id=self.stream_id, reason=reason)), 1
+                )
+            await asyncio.wait_for(ws.close(1000, reason), 3)
+        except (TimeoutError, ConnectionClosed, OSError):
+            ws.transport.abort()
+
+    # --- audio path (no await, no database) ------------------------------------------
+
+    def on_audio(self, inbound: bytes, outbound: bytes, wake: bool = True) -> None:
+        """Queue 20 ms of call audio; `wake=False` when the caller will `pump()` right after."""
+        if self.end_reason is not None:
+            return
+        buffer, template, start_ms = self.buffer, self.template, self.start_ms
+        if self._plain_inbound:  # the common case, without the general loop's lookups
+            chunk = self._chunk = self._chunk + 1
+            seq = self.seq = self.seq + 1
+            message = template.render(seq, "inbound", start_ms + 20 * (chunk - 1), chunk, inbound)
+            events = buffer.push(message, FRAME_SECONDS)
+            if events:
+                self._on_buffer_events(events)
+        else:
+            first = True
+            for track in self.tracks:
+                pcm = inbound if track == "inbound" else outbound
+                for payload in self.encoders[track].encode(pcm):
+                    chunk = self.chunks[track] + 1
+                    self.chunks[track] = chunk
+                    self.seq += 1
+                    message = template.render(self.seq, track, start_ms + 20 * (chunk - 1), chunk, payload)
+                    events = buffer.push(message, FRAME_SECONDS if first else 0.0)
+                    first = False
+                    if events:
+                        self._on_buffer_events(events)
+        if wake:
+            self._wake.set()
+        now = time.monotonic()
+        if now >= self._next_sample:
+            self._sample(now)
+
+    def _sample(self, now: float, *, force: bool = False) -> None:
+        if not force and now < self._next_sample:
+            return
+        self._next_sample = now + self._sample_every
+        self.samples.append([round(now - self.started_mono, 2), round(self.buffer.usage_pct, 1)])
+        if len(self.samples) >= MAX_SAMPLES:  # a long stream keeps a coarser picture, not a bigger one
+            self.samples = self.samples[::2]
+            self._sample_every *= 2
+
+    def _on_buffer_events(self, events: list[Degraded | Overflow]) -> None:
+        for event in events:
+            if isinstance(event, Degraded):
+                self.log_event("DegradedStream", "", {"BufferUsage": event.usage})
+            else:
+                self.buffer.clear()
+                self.stop(Stream.Reason.CONNECTION_ERROR, services.DROPPED_SLOW)
+                return
+
+    def send_text(self, message_for_seq: Any) -> None:
+        """Queue a non-media frame behind the media already queued; it takes the next sequenceNumber."""
+        if self.end_reason is not None:
+            return
+        self.seq += 1
+        self.buffer.push(message_for_seq(self.seq), 0.0)
+        self._wake.set()
+
+    def on_dtmf(self, digit: str) -> None:
+        timestamp = self.start_ms + int((time.monotonic() - self.started_mono) * 1000)
+        self.send_text(
+            lambda seq: plivo.dtmf_message(
+                seq=seq,
+                stream_id=self.stream_id,
+                digit=digit,
+                timestamp_ms=timestamp,
+                extra_headers=self.stream.extra_headers,
+            )
+        )
+
+    def on_played(self, name: str) -> None:
+        self.send_text(lambda seq: plivo.played_stream(seq=seq, stream_id=self.stream_id, name=name))
+
+    # --- customer -> hub ------------------------------------------------------------
+
+    def on_customer_message(self, message: str | bytes) -> None:
+        if not self.stream.bidirectional:
+            self.log_noisy("IgnoredMessage", "stream is not bidirectional: customer messages are ignored")
+            return
+        try:
+            command = plivo.parse_customer_message(message)
+        except framing.ProtocolError as exc:
+            self.log_noisy("InvalidMessage", str(exc))
+            return
+        session = self.session
+        if isinstance(command, plivo.PlayAudio):
+            pcm = self.decoder.decode(command.payload, mulaw=command.mulaw, rate=command.rate)
+            try:
+                session.play(self, pcm)
+            except QueueFull as exc:
+                self.log_noisy("InvalidMessage", str(exc))
+        elif isinstance(command, plivo.Checkpoint):
+            queued = session.checkpoint(self, command.name)
+            self.log_noisy("Checkpoint", "", {"Name": command.name, "Queued": "true" if queued else "false"})
+            if not queued:
+                self.on_played(command.name)
+        elif isinstance(command, plivo.ClearAudio):
+            frames, names = session.clear(self)
+            self.send_text(lambda seq: plivo.cleared_audio(seq=seq, stream_id=self.stream_id))
+            self.log_noisy("ClearAudio", "", {"FramesDropped": frames, "CheckpointsDropped": ",".join(names)[:500]})
+        elif isinstance(command, plivo.SendDTMF):
+            supported = session.send_dtmf(self, command.digits)
+            self.log_noisy(
+                "SendDTMF", "" if supported else "this gateway has no DTMF command", {"Digits": command.digits}
+            )
+        else:
+            self.log_noisy("IgnoredMessage", f"unknown event {command.event!r} ignored")
+
+    # --- debug log ------------------------------------------------------------------
+
+    def log_event(self, event: str, error: str = "", extra: dict[str, Any] | None = None) -> None:
+        self._events.append((event, error, extra or {}))
+        self._events_wake.set()
+
+    def log_noisy(self, event: str, error: str, extra: dict[str, Any] | None = None) -> None:
+        """A debug event a peer can trigger at will: the first DEBUG_EVENT_LIMIT of each kind are kept."""
+        count = self._event_counts.get(event, 0) + 1
+        self._event_counts[event] = count
+        if count <= DEBUG_EVENT_LIMIT:
+            self.log_event(event, error[:1000], extra)
+        elif count == DEBUG_EVENT_LIMIT + 1:
+            self.log_event(event, f"more than {DEBUG_EVENT_LIMIT} such events; further ones are not logged")
+
+    async def _flush_events(self) -> None:
+        while True:
+            await self._events_wake.wait()
+            self._events_wake.clear()
+            await self._flush_now()
+
+    async def _flush_now(self) -> None:
+        async with self._db_lock:
+            if not self._events:
+                return
+            entries, self._events = self._events, []
+            try:
+                await db_async(services.stream_log_batch)(stream=self.stream, entries=entries)
+            except Exception:
+                log.exception("could not write %d debug events of stream %s", len(entries), self.stream_id)
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    if isinstance(exc, InvalidStatus):
+        return f"server answered HTTP {exc.response.status_code} instead of switching protocols"
+    if isinstance(exc, InvalidHandshake):
+        return f"WebSocket handshake failed: {exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out while connecting"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, OSError):
+        return f"connection failed: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def describe_close_code(code: int | None, reason: str | None) -> str:
+    if code is None or code == 1006:
+        return "connection disconnected with the remote service (closed without a close frame)"
+    detail = f" ({reason})" if reason else ""
+    if code == 1009:
+        return f"the remote service sent a message over {MAX_MESSAGE} bytes: closed with 1009{detail}"
+    return f"connection closed by the remote service with code {code}{detail}"
+
+
+def describe_close(exc: ConnectionClosed) -> str:
+    if exc.rcvd is None and exc.sent is not None:  # we closed first (size limit, keepalive)
+        if exc.sent.code == 1009:
+            return describe_close_code(1009, exc.sent.reason)
+        reason = f" ({exc.sent.reason})" if exc.sent.reason else ""
+        return f"the hub closed the connection with code {exc.sent.code}{reason}"
+    frame = exc.rcvd
+    return describe_close_code(frame.code if frame else None, frame.reason if frame else None)

@@ -1,0 +1,19 @@
+"""Celery beat tasks of the streams app: thin shells around the sweeps."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from streams import orphans
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="streams.tasks.sweep_orphans", ignore_result=True)
+def sweep_orphans() -> int:
+    ended = orphans.streams_close_orphaned()
+    if ended:
+        log.info("orphan sweep: ended %d streams of hub processes that stopped beating", ended)
+    return ended

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.core.buffer import Degraded, Overflow, SendBuffer
+from streams.core.playback import Pacer, PlaybackQueue, QueueFull
+
+
+def fill(buf: SendBuffer, frames: int, seconds: float = 0.02) -> list[object]:
+    events: list[object] = []
+    for i in range(frames):
+        events += buf.push(f"m{i}", seconds)
+    return events
+
+
+def test_degraded_once_per_upward_crossing_then_overflow() -> None:
+    buf = SendBuffer(1.0)  # 50 frames
+    assert fill(buf, 14) == []
+    assert fill(buf, 1) == [Degraded(30)]
+    assert fill(buf, 15) == [Degraded(60)]
+    assert fill(buf, 15) == [Degraded(90)]
+    assert fill(buf, 5) == []
+    assert fill(buf, 1) == [Overflow(pytest.approx(1.02))]
+
+
+def test_thresholds_rearm_after_draining() -> None:
+    buf = SendBuffer(1.0)
+    fill(buf, 16)
+    for _ in range(16):
+        buf.popleft()
+    assert buf.queued == pytest.approx(0)
+    assert fill(buf, 16) == [Degraded(30)]
+
+
+def test_both_tracks_count_call_time_once() -> None:
+    buf = SendBuffer(1.0)
+    for _ in range(20):
+        buf.push("in", 0.02)
+        buf.push("out", 0.0)
+    assert buf.queued == pytest.approx(0.4) and len(buf) == 40
+
+
+@given(st.lists(st.booleans(), max_size=300))
+def test_buffer_is_fifo_and_accounting_never_goes_negative(ops: list[bool]) -> None:
+    buf, pushed, popped = SendBuffer(100.0), 0, []
+    for push in ops:
+        if push or not len(buf):
+            buf.push(str(pushed), 0.02)
+            pushed += 1
+        else:
+            popped.append(buf.popleft())
+    assert popped == [str(i) for i in range(len(popped))]
+    assert buf.queued == pytest.approx(0.02 * len(buf))
+
+
+def test_clips_are_framed_and_padded_and_checkpoints_ride_behind_them() -> None:
+    q = PlaybackQueue(320, 60)
+    assert q.append_checkpoint("s1", "early") is False  # nothing queued: due now
+    assert q.append_audio("s1", b"\x01" * 700) == 3
+    assert q.append_checkpoint("s1", "c1") is True
+    frames = [q.next_frame() for _ in range(3)]
+    assert [len(f.pcm) for f in frames] == [320, 320, 320]
+    assert frames[2].pcm == b"\x01" * 60 + b"\x00" * 260
+    assert [f.checkpoints for f in frames] == [(), (), ("c1",)]
+    assert q.next_frame() is None
+
+
+def test_clear_drops_only_the_owner_and_its_checkpoints() -> None:
+    q = PlaybackQueue(320, 60)
+    q.append_audio("a", b"\x01" * 640)
+    q.append_checkpoint("a", "a-done")
+    q.append_audio("b", b"\x02" * 320)
+    q.append_checkpoint("b", "b-done")
+    assert q.clear("a") == (2, ["a-done"])
+    played = q.next_frame()
+    assert played.owner == "b" and played.checkpoints == ("b-done",)
+
+
+def test_queue_bound_refuses_a_clip_without_losing_what_is_queued() -> None:
+    q = PlaybackQueue(320, 1.0)  # 50 frames
+    q.append_audio("a", b"\x01" * 320 * 40)
+    with pytest.raises(QueueFull, match="bound"):
+        q.append_audio("a", b"\x01" * 320 * 20)
+    assert len(q) == 40
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["audio", "mark", "clear", "play"])), max_size=60)
+)
+def test_checkpoints_are_acked_in_order_unless_cleared(ops: list[tuple[str, str]]) -> None:
+    q = PlaybackQueue(320, 60)
+    due: list[str] = []
+    dropped: list[str] = []
+    marks = 0
+    for owner, op in ops:
+        if op == "audio":
+            q.append_audio(owner, b"\x01" * 500)
+        elif op == "mark":
+            name = f"{owner}{marks}"
+            marks += 1
+            if not q.append_checkpoint(owner, name):
+                due.append(name)
+        elif op == "clear":
+            dropped += q.clear(owner)[1]
+        else:
+            frame = q.next_frame()
+            if frame:
+                due += frame.checkpoints
+    while (frame := q.next_frame()) is not None:
+        due += frame.checkpoints
+    assert set(due).isdisjoint(dropped)
+    assert len(due) + len(dropped) == marks
+    for owner in "ab":
+        mine = [int(n[1:]) for n in due if n[0] == owner]
+        assert mine == sorted(mine)
+
+
+def test_pacer_uses_absolute_deadlines_without_drift() -> None:
+    pacer, now = Pacer(), 100.0
+    sent_at = []
+    for _ in range(3000):  # a minute of frames, each sent 3 ms late
+        now += pacer.due_in(now) + 0.003
+        sent_at.append(now)
+        pacer.sent(now)
+    assert sent_at[-1] - sent_at[0] == pytest.approx(2999 * 0.02, abs=1e-6)
+    assert pacer.resyncs == 0
+
+
+def test_pacer_catches_up_small_lateness_with_a_short_burst() -> None:
+    pacer, now = Pacer(), 0.0
+    pacer.due_in(now)
+    assert pacer.sent(0.05) == 0  # 30 ms late: within the 60 ms tolerance
+    assert pacer.due_in(0.05) == 0  # the next frame follows at once...
+    assert pacer.sent(0.05) == 0
+    assert pacer.due_in(0.05) == 0
+    assert pacer.sent(0.05) == 0
+    assert pacer.due_in(0.05) == pytest.approx(0.01)  # ...until the schedule is met again
+
+
+def test_pacer_skips_the_late_schedule_after_a_stall_and_stays_anchored() -> None:
+    pacer, now = Pacer(), 0.0
+    pacer.due_in(now)
+    assert pacer.sent(now) == 0
+    skip = pacer.sent(1.0)  # stalled for a second after frame 1
+    assert skip == 47 and pacer.resyncs == 1 and pacer.late_frames == 47
+    assert pacer.next_at == pytest.approx(0.02 * (2 + 47))  # still on the t0 + k·20 ms grid
+    assert pacer.due_in(1.0) == 0
+    pacer.idle()
+    assert pacer.due_in(5.0) == 0 and pacer.next_at == 5.0
