@@ -265,6 +265,14 @@ class CallSession:
             await self._playback()
         except asyncio.CancelledError:
             raise
+        except OSError:
+            # uvicorn raises ClientDisconnected (an OSError) for a write to a socket the gateway
+            # has just closed: the caller hung up, the session is ending. Not an error.
+            log.info(
+                "call %s: the gateway hung up during playback; %d queued frames not played",
+                self.call.call_uuid if self.call else "?",
+                len(self.playback),
+            )
         except Exception:
             log.exception("call %s: playback stopped", self.call.call_uuid if self.call else "?")
         finally:
