@@ -415,6 +415,8 @@ class CallSession:
 def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str) -> Call:
     """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one."""
     metadata: dict[str, Any] = {"raw": meta.raw, "sampleRate": meta.sample_rate, "mixType": meta.mix_type}
+    # read by services.stream_create: a call whose gateway cannot play audio gets no bidirectional stream
+    metadata.update(playback=meta.playback is not False, playbackNote=meta.playback_note)
     candidate: uuid.UUID | None = None
     if meta.call_id:
         metadata["gateway_call_id"] = meta.call_id
