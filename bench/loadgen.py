@@ -649,7 +649,12 @@ async def gateway(
         lines.append(f"Authorization: Basic {base64.b64encode(auth.encode()).decode()}")
     proto = Gateway(index, stats, bidi, ("\r\n".join(lines) + "\r\n\r\n").encode(), key)
     proto.start = start
-    meta = {"callId": None, "streams": [{"serviceUrl": f"{customer_url}/{index}", "bidirectional": bidi}]}
+    # FreeSWITCH's default subprotocol: say that this gateway plays audio back (the jambonz build in two-way mode)
+    meta = {
+        "callId": None,
+        "playback": True,
+        "streams": [{"serviceUrl": f"{customer_url}/{index}", "bidirectional": bidi}],
+    }
 
     async def open_() -> None:
         await loop.create_connection(

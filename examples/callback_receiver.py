@@ -11,7 +11,7 @@ a duplicate.
 Each callback prints one summary line, then its parameters as one JSON line prefixed
 `callback ` (easy to grep or parse).
 
-    PLIVO_AUTH_TOKEN=… python examples/callback_receiver.py --port 8766
+    PLIVO_AUTH_TOKEN=… .venv/bin/python examples/callback_receiver.py --port 8766
     # --port 0 picks a free port; the first line printed says which
 """
 

@@ -8,11 +8,15 @@ sends `clearAudio` (barge-in) and the hub answers `clearedAudio`. Every message 
 logged: the control messages in full, `media` as a one-line summary per second of audio
 (`--verbose` logs each one).
 
-Only bidirectional streams can play audio back; on other streams the bot just listens.
+Plivo's `start` message does not say whether the stream is bidirectional, so the bot
+echoes on every stream. Only a bidirectional stream plays it: on a one-way stream the hub
+(like Plivo) ignores `playAudio`, `checkpoint` and `clearAudio`, and notes `IgnoredMessage`
+in the stream's debug log, so no `playedStream` comes.
+
 With `--auth-token` the bot checks the hub's `X-Plivo-Signature-V3` on the WebSocket
 upgrade (as signed for Plivo's Node stream SDK) and refuses unsigned connections.
 
-    PLIVO_AUTH_TOKEN=… python examples/echo_bot.py --port 8765
+    PLIVO_AUTH_TOKEN=… .venv/bin/python examples/echo_bot.py --port 8765
     # --port 0 picks a free port; the first line printed says which
 """
 

@@ -177,6 +177,12 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A plain `celery -A streamhub worker` runs 8 threads: deliveries wait on HTTP, not the CPU, and one
+# account's slow endpoint holds at most STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY of them (docs/callbacks.md).
+# `--concurrency N` on the command line overrides the count; `--pool` overrides the pool, except
+# `--pool=prefork`, which Celery 5.7 cannot tell from its own default and replaces with this one.
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_CONCURRENCY = 8
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
@@ -189,7 +195,6 @@ CELERY_BEAT_SCHEDULE = {
 # --- streamhub ---------------------------------------------------------------------
 # Which server process holds a call: hostname:pid unless set (one per daphne process).
 STREAMHUB_SERVER_ID = os.getenv("STREAMHUB_SERVER_ID") or f"{socket.gethostname()}:{os.getpid()}"
-STREAMHUB_PUBLIC_URL = os.getenv("STREAMHUB_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 STREAMHUB_STREAM_BUFFER_SECONDS = env_float("STREAMHUB_STREAM_BUFFER_SECONDS", default=40.0, minimum=0.1)
 STREAMHUB_PLAYBACK_QUEUE_SECONDS = env_float("STREAMHUB_PLAYBACK_QUEUE_SECONDS", default=60.0, minimum=1.0)
 STREAMHUB_CONNECT_TIMEOUT = env_float("STREAMHUB_CONNECT_TIMEOUT", default=5.0, minimum=0.1)

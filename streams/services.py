@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from callbacks.services import CALLBACK_EVENTS, callback_enqueue
 from streams import control
+from streams.core.audiofork import no_playback_reason
 from streams.core.validation import StreamParams
 from streams.models import Account, Call, HubProcess, Stream, StreamEvent
 
@@ -34,6 +35,17 @@ class StreamConflict(Exception):
 
 class CallNotLive(Exception):
     pass
+
+
+class PlaybackUnavailable(Exception):
+    """A bidirectional stream asked for (REST, admin) on a call whose gateway cannot play audio."""
+
+
+def call_playback(call: Call) -> tuple[bool, str]:
+    """Can the call's gateway play audio into it, and how that was decided (streams.core.audiofork).
+    Calls recorded before the hub knew (no key) are taken to play, as they were then."""
+    metadata = call.gateway_metadata if isinstance(call.gateway_metadata, dict) else {}
+    return metadata.get("playback", True) is not False, str(metadata.get("playbackNote", ""))
 
 
 def callback_timestamp(moment: datetime) -> str:
@@ -101,22 +113,45 @@ def call_open(
     )
 
 
-def stream_create(*, call: Call, params: StreamParams, notify_session: bool = True) -> Stream:
+def stream_create(
+    *, call: Call, params: StreamParams, notify_session: bool = True, refuse_one_way: bool = False
+) -> Stream:
     """Create a stream on a live call (status initiated); the holding process dials it.
 
-    Raises CallNotLive or StreamConflict (a second active stream to the same URL).
+    A bidirectional stream on a call whose gateway cannot play audio (call_playback) is created
+    one-way, with a `PlaybackUnavailable` debug-log entry saying why — what the gateway's own
+    metadata gets, as nobody could hear a refusal. REST and the admin pass `refuse_one_way`:
+    their caller hears PlaybackUnavailable and decides.
+
+    Raises CallNotLive, StreamConflict (a second active stream to the same URL) or PlaybackUnavailable.
     """
     try:
         with transaction.atomic():
             locked = Call.objects.select_for_update().get(pk=call.pk)
             if locked.status != Call.Status.LIVE:
                 raise CallNotLive(str(call.call_uuid))
+            plays, note = call_playback(locked)
+            one_way = params.bidirectional and not plays
+            if one_way and refuse_one_way:
+                raise PlaybackUnavailable(no_playback_reason(note))
+            fields = params.as_model_fields()
+            if one_way:
+                fields["bidirectional"] = False
             stream = Stream.objects.create(
-                call=locked, account_id=locked.account_id, server_id=locked.server_id, **params.as_model_fields()
+                call=locked, account_id=locked.account_id, server_id=locked.server_id, **fields
             )
             StreamEvent.objects.create(
                 stream=stream, event="StreamCreated", params=event_params(stream, "StreamCreated")
             )
+            if one_way:
+                reason = f"bidirectional refused, the stream is one-way: {no_playback_reason(note)}"
+                log.warning("call %s: stream %s: %s", locked.call_uuid, stream.stream_id, reason)
+                StreamEvent.objects.create(
+                    stream=stream,
+                    event="PlaybackUnavailable",
+                    error=reason[:1000],
+                    params=event_params(stream, "PlaybackUnavailable", error=reason),
+                )
     except IntegrityError as exc:
         if Stream.objects.filter(call=call, service_url=params.service_url, end_time__isnull=True).exists():
             raise StreamConflict(params.service_url) from exc

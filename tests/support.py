@@ -146,11 +146,16 @@ def basic_auth(auth_id: str, token: str) -> dict[str, str]:
 
 @dataclass
 class Gateway:
-    """A mod_audio_fork-style gateway: metadata TEXT, then BINARY L16 frames on a clock."""
+    """A mod_audio_fork-style gateway: metadata TEXT, then BINARY L16 frames on a clock.
+
+    By default it offers jambonz's subprotocol, so the hub takes it to play audio back (two-way);
+    `subprotocol="audio.drachtio.org"` is FreeSWITCH's default, one-way unless the metadata says
+    `"playback": true`.
+    """
 
     url: str
     headers: dict[str, str]
-    subprotocol: str | None = "audio.drachtio.org"
+    subprotocol: str | None = "audio.jambonz.org"
     ws: ClientConnection | None = None
     received: list[bytes | str] = field(default_factory=list)
     _reader: asyncio.Task[None] | None = None

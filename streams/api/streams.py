@@ -125,12 +125,17 @@ class StreamCollectionApi(APIView):
         serializer.is_valid(raise_exception=True)
         params: StreamParams = serializer.validated_data
         try:
-            stream = services.stream_create(call=call, params=params)
+            stream = services.stream_create(call=call, params=params, refuse_one_way=True)
         except services.CallNotLive:
             return api_error("Call has ended.", status=status.HTTP_404_NOT_FOUND)
         except services.StreamConflict:
             return api_error(
                 "service_url: an active stream to this URL already exists on this call",
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        except services.PlaybackUnavailable as exc:
+            return api_error(
+                f"bidirectional: {exc}; start the stream with bidirectional=false",
                 status=status.HTTP_400_BAD_REQUEST,
             )
         body = {"api_id": new_api_id(), "message": "audio streaming started", "stream_id": stream.stream_id}

@@ -178,6 +178,7 @@ class StreamInline(ReadOnlyInline):
 
 @admin.register(Call)
 class CallAdmin(ReadOnlyRecordAdmin):
+    uuid_field = "call_uuid"
     list_display = (
         "call_uuid",
         "live",
@@ -293,6 +294,7 @@ class CallAdmin(ReadOnlyRecordAdmin):
 
 @admin.register(Stream)
 class StreamAdmin(ReadOnlyRecordAdmin):
+    uuid_field = "stream_id"
     list_display = (
         "stream",
         "call_link",

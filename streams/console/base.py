@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import Exists, Max, Min, QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
 from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.html import format_html
@@ -20,6 +20,26 @@ def parse_uuid(term: str) -> uuid.UUID | None:
         return uuid.UUID(term.strip())
     except ValueError:
         return None
+
+
+# A primary key longer than this is not one (and would overflow the database's bigint).
+MAX_PK_DIGITS = 18
+
+
+def resolve_object_id(model_admin: admin.ModelAdmin[Any], object_id: str) -> str:
+    """The primary key a console URL names: the pk itself, or the record's UUID (a stream id or a
+    call UUID, which is what operators paste) when the admin has a `uuid_field`. Anything else,
+    or a UUID nobody has, is a 404 rather than a database error."""
+    text = object_id.strip()
+    if text.isascii() and text.isdigit() and len(text) <= MAX_PK_DIGITS:
+        return text
+    uuid_field = getattr(model_admin, "uuid_field", "")
+    parsed = parse_uuid(text)
+    if uuid_field and parsed is not None:
+        pk = model_admin.model._default_manager.filter(**{uuid_field: parsed}).values_list("pk", flat=True).first()
+        if pk is not None:
+            return str(pk)
+    raise Http404(f"No {model_admin.model._meta.verbose_name} with id {text[:100]!r}")
 
 
 def link(url: str, text: object, *, title: str = "") -> str:
@@ -109,7 +129,20 @@ class ReadOnlyInline(admin.TabularInline):
 
 
 class ReadOnlyRecordAdmin(admin.ModelAdmin):
-    """Rows written by the hub: never added, edited or deleted by hand."""
+    """Rows written by the hub: never added, edited or deleted by hand.
+
+    `uuid_field` names the record's public UUID; its pages then answer to that UUID too.
+    """
+
+    uuid_field = ""
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
+        if from_field is None and self.uuid_field and parse_uuid(object_id) is not None:
+            try:
+                object_id = resolve_object_id(self, object_id)
+            except Http404:
+                return None  # the admin's own "doesn't exist" message and redirect
+        return super().get_object(request, object_id, from_field)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -125,12 +158,19 @@ class ReadOnlyRecordAdmin(admin.ModelAdmin):
 
 
 def object_urls(model_admin: admin.ModelAdmin[Any], model: str, views: dict[str, Any]) -> list[URLPattern]:
-    """An admin page per object for each view: `<id>/<slug>/`, named `streams_<model>_<slug>`."""
+    """An admin page per object for each view: `<id>/<slug>/`, named `streams_<model>_<slug>`.
+
+    `<id>` is the primary key or the record's UUID (see resolve_object_id); anything else is a 404.
+    """
     wrap = model_admin.admin_site.admin_view
     return [
         path(
             f"<path:object_id>/{slug}/",
-            wrap(lambda request, object_id, view=view: view(model_admin, request, object_id)),
+            wrap(
+                lambda request, object_id, view=view: view(
+                    model_admin, request, resolve_object_id(model_admin, object_id)
+                )
+            ),
             name=f"streams_{model}_{slug.replace('-', '_')}",
         )
         for slug, view in views.items()

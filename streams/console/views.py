@@ -471,11 +471,13 @@ def start_stream_view(model_admin: ModelAdmin[Any], request: HttpRequest, object
         return HttpResponseRedirect(call_url)
     if request.method == "POST" and form.is_valid():
         try:
-            stream = services.stream_create(call=call, params=form.params)
+            stream = services.stream_create(call=call, params=form.params, refuse_one_way=True)
         except services.CallNotLive:
             form.add_error(None, "The call ended meanwhile; no stream was started.")
         except services.StreamConflict:
             form.add_error("service_url", "A stream to this URL is already active on this call.")
+        except services.PlaybackUnavailable as exc:
+            form.add_error("bidirectional", f"Not on this call: {exc}.")
         else:
             model_admin.log_change(request, call, f"Started stream {stream.stream_id} from the admin")
             model_admin.message_user(

@@ -2,6 +2,15 @@
 
 The first TEXT frame is metadata (JSON, or opaque text kept as is); later TEXT frames
 are events (DTMF, mark echoes); the hub answers with `sendDTMF` (D13) and `killAudio`.
+
+Playback (decision, docs/freeswitch.md): only some of these gateways play the hub's BINARY
+audio into the call — the jambonz fork of mod_audio_fork started in two-way mode, and jambonz
+`listen` with `bidirectionalAudio`; the original (drachtio) build discards it. Both FreeSWITCH
+builds offer the subprotocol `audio.drachtio.org` unless FreeSWITCH was started with
+MOD_AUDIO_FORK_SUBPROTOCOL_NAME, so the subprotocol alone cannot tell them apart. The metadata's
+`"playback": true|false` says it; without it, only `audio.jambonz.org` (jambonz's own) counts as
+two-way. A call that cannot play gets no bidirectional stream: the hub never acknowledges
+audio nobody heard.
 """
 
 from __future__ import annotations
@@ -12,6 +21,11 @@ from typing import Any
 
 from streams.core.framing import DTMF_DIGITS, ProtocolError, dumps, json_object
 from streams.core.gateway import GatewayMetadata
+from streams.core.validation import parse_bool
+
+SUBPROTOCOLS = ("audio.drachtio.org", "audio.jambonz.org")
+# Offered by jambonz, whose mod_audio_fork plays the hub's audio (in two-way mode): two-way unless told otherwise.
+PLAYBACK_SUBPROTOCOLS = frozenset({"audio.jambonz.org"})
 
 
 def _text(value: Any, limit: int = 128) -> str:
@@ -72,6 +86,45 @@ def _apply(meta: GatewayMetadata, key: str, value: Any) -> None:
             meta.streams = value
         else:
             meta.errors.append("streams must be a list of objects with <Stream> attributes")
+    elif key == "playback":
+        try:
+            meta.playback = parse_bool(value)
+        except ValueError:
+            meta.errors.append(f"playback {str(value)[:40]!r} is not true or false; ignoring it")
+
+
+def resolve_playback(meta: GatewayMetadata, subprotocol: str | None) -> None:
+    """Settle `meta.playback` for this connection (see the module's docstring) and say why; once."""
+    if meta.playback_note:
+        return
+    if meta.playback is not None:
+        meta.playback_note = f'the gateway declared "playback": {"true" if meta.playback else "false"}'
+        return
+    meta.playback = subprotocol in PLAYBACK_SUBPROTOCOLS
+    offered = f"subprotocol {subprotocol}" if subprotocol else "no subprotocol"
+    verdict = "two-way" if meta.playback else 'without "playback": true in the metadata'
+    meta.playback_note = f"{offered}, {verdict}"
+
+
+def one_way_notices(meta: GatewayMetadata) -> list[str]:
+    """The gateway error texts for stream requests that ask for playback this connection cannot do."""
+    if meta.playback is not False:
+        return []
+    notices = []
+    for index, entry in enumerate(meta.streams):
+        try:
+            asks = parse_bool(entry.get("bidirectional", False))
+        except ValueError:
+            continue  # the stream's own validation refuses it
+        if asks:
+            notices.append(f"streams[{index}] is one-way: {no_playback_reason(meta.playback_note)}")
+    return notices
+
+
+def no_playback_reason(note: str) -> str:
+    """Why a bidirectional stream was refused or made one-way, for logs, the debug log and the API."""
+    reason = "this gateway connection cannot play audio into the call"
+    return f"{reason} ({note})" if note else reason
 
 
 @dataclass(frozen=True)

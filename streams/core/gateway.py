@@ -23,6 +23,10 @@ class GatewayMetadata:
     streams: list[dict[str, Any]] = field(default_factory=list)
     raw: dict[str, Any] | str = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # Can the gateway play the hub's audio into the call? None: it did not say (the framing decides;
+    # Asterisk always can). `playback_note` says how it was decided, for the messages of a refusal.
+    playback: bool | None = None
+    playback_note: str = ""
 
     @property
     def channels(self) -> int:

@@ -20,13 +20,16 @@ log = logging.getLogger(__name__)
 
 class AudioForkConsumer(IngestConsumer):
     gateway = "audio-fork"
-    subprotocols = ("audio.drachtio.org", "audio.jambonz.org")
+    subprotocols = audiofork.SUBPROTOCOLS
 
     async def on_open(self) -> None:
         self.query = gateway_auth.query_params(self.scope)
 
     async def _begin(self, meta: GatewayMetadata) -> None:
         assert self.session is not None
+        audiofork.resolve_playback(meta, self.subprotocol)
+        for notice in audiofork.one_way_notices(meta):
+            await self.send_text(gateway_error(notice))  # the streams themselves are made one-way by stream_create
         try:
             await self.session.begin(meta, joined=self.joined)
         except Exception:

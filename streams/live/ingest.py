@@ -41,6 +41,7 @@ class IngestConsumer(AsyncWebsocketConsumer):
     session: CallSession | None = None
     account: Account | None = None
     admitted = False
+    subprotocol: str | None = None  # the one we accepted, of those the gateway offered
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve the connection in a task of its own.
@@ -118,8 +119,8 @@ class IngestConsumer(AsyncWebsocketConsumer):
             return
         self.admitted = True
         offered = self.scope.get("subprotocols") or []
-        chosen = next((p for p in offered if p in self.subprotocols), None)
-        await self.accept(subprotocol=chosen)
+        self.subprotocol = next((p for p in offered if p in self.subprotocols), None)
+        await self.accept(subprotocol=self.subprotocol)
         self.session = CallSession(account=self.account, link=self, gateway=self.gateway)
         await self.on_open()
 

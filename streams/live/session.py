@@ -265,6 +265,14 @@ class CallSession:
             await self._playback()
         except asyncio.CancelledError:
             raise
+        except OSError:
+            # uvicorn raises ClientDisconnected (an OSError) for a write to a socket the gateway
+            # has just closed: the caller hung up, the session is ending. Not an error.
+            log.info(
+                "call %s: the gateway hung up during playback; %d queued frames not played",
+                self.call.call_uuid if self.call else "?",
+                len(self.playback),
+            )
         except Exception:
             log.exception("call %s: playback stopped", self.call.call_uuid if self.call else "?")
         finally:
@@ -407,6 +415,8 @@ class CallSession:
 def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str) -> Call:
     """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one."""
     metadata: dict[str, Any] = {"raw": meta.raw, "sampleRate": meta.sample_rate, "mixType": meta.mix_type}
+    # read by services.stream_create: a call whose gateway cannot play audio gets no bidirectional stream
+    metadata.update(playback=meta.playback is not False, playbackNote=meta.playback_note)
     candidate: uuid.UUID | None = None
     if meta.call_id:
         metadata["gateway_call_id"] = meta.call_id

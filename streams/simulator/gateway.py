@@ -2,7 +2,9 @@
 
 HTTP Basic auth on the upgrade, a first TEXT frame of JSON metadata, then the WAV as
 BINARY 16-bit PCM in 20 ms frames on an absolute clock, DTMF as TEXT events; what the
-hub plays back is recorded on the call's timeline.
+hub plays back is recorded on the call's timeline. It is the jambonz build of the module
+in two-way mode, so its metadata says `"playback": true`, as docs/freeswitch.md tells a
+FreeSWITCH user of that build to write.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class Plan:
             "to": self.to_number,
             "sampleRate": self.clip.rate,
             "mixType": "stereo" if self.clip.channels == 2 else "mono",
+            "playback": True,
         }
         if self.via == "metadata" and self.streams:
             meta["streams"] = [stream.as_metadata() for stream in self.streams]

@@ -281,7 +281,8 @@ async def test_gateways_without_valid_credentials_are_refused_before_accept(
 
 
 async def test_query_token_authenticates_and_d1_keeps_non_uuid_ids(hub: Proc, account: Account) -> None:
-    gw = await Gateway(f"{hub.ws}/ingest/audio-fork?token={account.ingest_token}&callSid=CA123", {}).open()
+    url = f"{hub.ws}/ingest/audio-fork?token={account.ingest_token}&callSid=CA123"
+    gw = await Gateway(url, {}, subprotocol="audio.drachtio.org").open()
     assert gw.ws is not None and gw.ws.subprotocol == "audio.drachtio.org"
     await gw.send(ramp(160))  # no metadata frame: the first frame is audio
     call = await eventually(db(lambda: Call.objects.filter(account=account).first()))
