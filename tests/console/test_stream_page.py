@@ -186,9 +186,8 @@ def test_the_stream_page_shows_what_noise_cancellation_did(su_client: Client, ca
         "on: level 90, at most -38 dB on the inbound track at 8000 Hz, 10.125 ms delay "
         "(pyspeex-noise 2.0.1 (Speex preprocessor)); running"
     )
-    services.stream_log(
-        stream=stream, event="NoiseCancellationSummary", extra={"Level": 90, "Frames": 425, "InboundOutputLevelDb": -4.2}
-    )
+    summary = {"Level": 90, "Frames": 425, "InboundOutputLevelDb": -4.2}
+    services.stream_log(stream=stream, event="NoiseCancellationSummary", extra=summary)
     services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
     html = page(su_client, url)
     assert noise_field(html).strip().endswith("; 425 frames suppressed, output against input: inbound -4.2 dB")
