@@ -29,7 +29,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop  # stdlib up to 3.12; the audioop-lts package from 3.13
 
-ENGINE = "pyspeex-noise 2.0.1 (Speex preprocessor)"
+ENGINE = "pyspeex-noise 2.0.1 (Speex preprocessor)"  # what the debug log names; a test keeps it the installed one
 ENGINE_RATE = 16000
 CHUNK = 320  # bytes: what the engine takes per call, 10 ms at 16 kHz
 ENGINE_DELAY = 160  # samples at 16 kHz: the preprocessor's overlap, 10 ms

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import warnings
 from array import array
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core.noise import NoiseSuppressor, attenuation_db
+from streams.core.noise import ENGINE, NoiseSuppressor, attenuation_db
 from tests.noisy_speech import correlation, lag, mix, quality, speech, suppressed, white_noise
 
 with warnings.catch_warnings():
@@ -120,6 +121,10 @@ def test_output_level_is_none_before_audio_and_counts_frames() -> None:
     assert suppressor.output_level_db is None and suppressor.frames == 0
     suppressor.process(bytes(640))
     assert suppressor.frames == 1 and suppressor.output_level_db is None  # silence in: nothing to compare
+
+
+def test_the_engine_named_in_the_debug_log_is_the_one_installed() -> None:
+    assert f"pyspeex-noise {importlib.metadata.version('pyspeex-noise')} " in ENGINE
 
 
 def test_bad_input_is_refused_clearly() -> None:
