@@ -27,6 +27,11 @@ and `steady-end` when it begins and ends, so bench/run.py can read the server's 
 latencies and `steady_frames` count the media messages sent in it. With --bidi --drift every
 customer plays one clip as long as the call and `play_lost` counts the frames of it that
 never reached the gateway.
+With --noise-cancellation every stream asks for it (`noiseCancellation`, level 85) and the gateways
+send noisy speech (samples/caller-8k.wav + white noise at 5 dB SNR) instead of the header; the hub
+rewrites the payload, so a frame is known by its `chunk` number and its send time is looked up in
+the gateway's record. The suppressor's flushed tail (one frame after the last) is counted apart
+(`tail_frames`), not as a received frame.
 Usage: python bench/loadgen.py --url ws://…[,ws://…] --calls N --seconds S
 """
 
@@ -43,12 +48,17 @@ import hashlib
 import heapq
 import itertools
 import json
+import math
 import os
+import random
 import ssl
 import statistics
 import struct
 import sys
 import time
+import wave
+from array import array
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -80,6 +90,20 @@ CLOSE_WAIT = 2.0
 MAX_HEAD = 64 * 1024
 PAYLOAD_KEY = b'"payload":"'
 CLIP = base64.b64encode(b"\x10\x00" * 8000).decode()
+CHUNK_KEY = b'"chunk":'
+SPEECH = Path(__file__).resolve().parent.parent / "samples" / "caller-8k.wav"
+
+
+def noisy_speech_frames(snr_db: float = 5.0) -> list[bytes]:
+    """--noise-cancellation's audio: the sample caller with white noise at `snr_db`, in 20 ms frames."""
+    with wave.open(str(SPEECH)) as w:
+        clean = array("h", w.readframes(w.getnframes()))
+    rng = random.Random(1)
+    noise = [rng.gauss(0.0, 1.0) for _ in clean]
+    power = sum(c * c for c in clean) / len(clean)
+    gain = math.sqrt(power / 10 ** (snr_db / 10))
+    pcm = array("h", [max(-32768, min(32767, round(c + gain * z))) for c, z in zip(clean, noise, strict=True)])
+    return [pcm[i : i + FRAME // 2].tobytes() for i in range(0, len(pcm) - FRAME // 2 + 1, FRAME // 2)]
 
 
 def now_us() -> int:
@@ -139,6 +163,12 @@ class Stats:
         self.setup: list[float] = []
         self.invalid = 0
         self.write_pauses = 0
+        # --noise-cancellation: each gateway's send times (µs) by frame number, the audio it sends,
+        # and the frames that came after the last one sent (the suppressor's flushed tail)
+        self.noise = False
+        self.sent_at: list[array[int]] = [array("q") for _ in range(calls)]
+        self.speech: list[bytes] = []
+        self.tail_frames = 0
 
 
 class WsConn(asyncio.Protocol, abc.ABC):
@@ -344,15 +374,28 @@ class Customer(WsConn):
             if b'"start"' in message:
                 self.on_start(message)
             return
-        try:
-            head = binascii.a2b_base64(message[pos + 11 : pos + 35])
-            sent_us, idx, number = HEADER.unpack_from(head)
-        except (binascii.Error, struct.error):
-            stats.invalid += 1
-            return
-        if idx != self.index:  # another call's audio on this stream
-            stats.invalid += 1
-            return
+        if stats.noise:  # suppressed audio carries no header: the chunk number says which frame it is
+            idx, head = self.index, b""
+            try:
+                number = int(message[message.rfind(CHUNK_KEY, 0, pos) + 8 : pos - 1]) - 1
+            except ValueError:
+                stats.invalid += 1
+                return
+            sent_at = stats.sent_at[idx]
+            if number >= len(sent_at):
+                stats.tail_frames += 1
+                return
+            sent_us = sent_at[number]
+        else:
+            try:
+                head = binascii.a2b_base64(message[pos + 11 : pos + 35])
+                sent_us, idx, number = HEADER.unpack_from(head)
+            except (binascii.Error, struct.error):
+                stats.invalid += 1
+                return
+            if idx != self.index:  # another call's audio on this stream
+                stats.invalid += 1
+                return
         if stats.steady_from_us <= sent_us < stats.steady_until_us:  # every call up and sending
             stats.latencies.append(self.at - sent_us)
             stats.steady_frames += 1
@@ -415,7 +458,7 @@ class Customer(WsConn):
             if ok:
                 self.last_seq, self.last_chunk = seq, chunk
                 body = base64.b64decode(media["payload"], validate=True)
-                ok = len(body) == FRAME and body[: HEADER.size] == head[: HEADER.size]
+                ok = len(body) == FRAME and (not head or body[: HEADER.size] == head[: HEADER.size])
         except (ValueError, KeyError, TypeError):
             ok = False
         if not ok:
@@ -559,9 +602,15 @@ class Gateway(WsConn):
         if self.dead:
             return False
         assert self.transport is not None
-        head = apply_mask(HEADER.pack(time.monotonic_ns() // 1000, self.index, k), self.mask)
-        self.transport.write(self.prefix + head + self.masked_pad)
-        self.stats.sent[self.index] += 1
+        stats = self.stats
+        if stats.noise:
+            stats.sent_at[self.index].append(time.monotonic_ns() // 1000)
+            speech = stats.speech
+            self.transport.write(self.prefix + apply_mask(speech[k % len(speech)], self.mask))
+        else:
+            head = apply_mask(HEADER.pack(time.monotonic_ns() // 1000, self.index, k), self.mask)
+            self.transport.write(self.prefix + head + self.masked_pad)
+        stats.sent[self.index] += 1
         return True
 
     async def hang_up(self) -> None:
@@ -650,11 +699,10 @@ async def gateway(
     proto = Gateway(index, stats, bidi, ("\r\n".join(lines) + "\r\n\r\n").encode(), key)
     proto.start = start
     # FreeSWITCH's default subprotocol: say that this gateway plays audio back (the jambonz build in two-way mode)
-    meta = {
-        "callId": None,
-        "playback": True,
-        "streams": [{"serviceUrl": f"{customer_url}/{index}", "bidirectional": bidi}],
-    }
+    entry: dict[str, Any] = {"serviceUrl": f"{customer_url}/{index}", "bidirectional": bidi}
+    if stats.noise:
+        entry.update({"noiseCancellation": "true", "noiseCancellationLevel": 85})
+    meta = {"callId": None, "playback": True, "streams": [entry]}
 
     async def open_() -> None:
         await loop.create_connection(
@@ -727,10 +775,13 @@ async def main() -> None:
     parser.add_argument("--bidi", action="store_true")
     parser.add_argument("--drift", action="store_true", help="with --bidi: one clip as long as the call")
     parser.add_argument("--ramp-seconds", type=float, default=2.0)
+    parser.add_argument("--noise-cancellation", action="store_true", help="every stream asks for noiseCancellation")
     args = parser.parse_args()
     cpu0, wall0 = time.process_time(), time.monotonic()
     targets = [Target(u.strip()) for u in args.url.split(",") if u.strip()]
     stats = Stats(args.calls)
+    if args.noise_cancellation:
+        stats.noise, stats.speech = True, noisy_speech_frames()
     if args.drift:
         # one clip of up to 60 s (the hub's default playback queue bound): drift over all of it
         stats.drift_seconds = max(2.0, min(60.0, args.seconds - 2))
@@ -788,6 +839,7 @@ async def main() -> None:
         "steady_frames": stats.steady_frames,
         "steady_play_frames": stats.steady_play_frames,
         "invalid": stats.invalid,
+        "tail_frames": stats.tail_frames,
         "gateway_write_pauses": stats.write_pauses,
         "loadgen_cpu_s": round(cpu, 2),
         "loadgen_cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else 0.0,

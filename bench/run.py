@@ -1,7 +1,7 @@
 """One command: the hub as deployed vs the reference relay, ramping concurrent calls.
 
     .venv/bin/python bench/run.py [--server daphne|uvicorn|both] [--calls 100,200,…] [--seconds 10]
-                                  [--bidi [--drift]] [--processes 2] [--no-reference]
+                                  [--bidi [--drift]] [--processes 2] [--no-reference] [--noise-cancellation]
 
 The hub runs with production settings (PostgreSQL + Redis from DATABASE_URL/REDIS_URL,
 defaulting to the local servers, a Celery worker running) pinned to CPU 0 with taskset;
@@ -15,6 +15,9 @@ own CPU. A server's ramp stops at the first N with loss or p99 > 20 ms (with --b
 playback frames lost, jitter p99 > 10 ms or drift >= 20 ms). Capacity = the largest N that
 passed; the hub/reference capacity and CPU ratios are printed at the end.
 --processes K runs K hub processes (all on CPU 0) and spreads the calls over them.
+--noise-cancellation: every stream asks for noiseCancellation (level 85) and the gateways send
+noisy speech; the reference relay has no suppressor, so it is not run (compare with a run of the
+hub without the flag).
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ def measure(
     auth: str,
     bidi: bool,
     drift: bool = False,
+    noise: bool = False,
 ) -> dict[str, Any]:
     """One step. The load generator announces the steady window on stderr (every call up
     and sending); the server's CPU is read at both ends of it, so the per-frame figure is
@@ -177,7 +181,8 @@ def measure(
             auth,
         ]
         + (["--bidi"] if bidi else [])
-        + (["--drift"] if drift else []),
+        + (["--drift"] if drift else [])
+        + (["--noise-cancellation"] if noise else []),
     )
     marks: dict[str, tuple[float, float]] = {}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -276,16 +281,17 @@ def ramp(
     auth: str,
     bidi: bool,
     drift: bool = False,
+    noise: bool = False,
 ) -> tuple[int, dict[int, dict[str, Any]]]:
     capacity = 0
     results: dict[int, dict[str, Any]] = {}
     for calls in steps:
-        result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift)
+        result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift, noise)
         print(row(result), flush=True)
         if not ok(result) and "error" not in result:
             # one stall on a shared VM can fail a step the server carries: a limit is a step
             # that fails twice in a row (the same rule for the hub and the reference)
-            result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift)
+            result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift, noise)
             print(row(result) + "  (step run again)", flush=True)
         results[calls] = result
         if not ok(result):
@@ -303,6 +309,11 @@ def main() -> None:
     parser.add_argument("--drift", action="store_true", help="with --bidi: one continuous clip per call")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument(
+        "--noise-cancellation",
+        action="store_true",
+        help="every stream asks for noiseCancellation (level 85); the gateways send noisy speech; no reference run",
+    )
+    parser.add_argument(
         "--processes",
         type=int,
         default=1,
@@ -317,6 +328,7 @@ def main() -> None:
     print(
         f"# streamhub bench {time.strftime('%Y-%m-%d %H:%M:%S')} · {os.cpu_count()} CPUs · "
         f"{args.seconds:.0f} s per step · servers on CPU {SERVER_CPU}, load on CPU {LOAD_CPU} · bidi={args.bidi}"
+        + (" · noise cancellation on every stream" if args.noise_cancellation else "")
         + (f" · {args.processes} hub processes" if args.processes > 1 else "")
     )
     print(LEGEND)
@@ -350,11 +362,12 @@ def main() -> None:
                     auth,
                     args.bidi,
                     args.drift,
+                    args.noise_cancellation,
                 )
             finally:
                 for proc in procs:
                     stop(proc)
-        if not args.no_reference and not args.bidi:
+        if not args.no_reference and not args.bidi and not args.noise_cancellation:
             port = free_port()
             proc = start(
                 pinned(SERVER_CPU, [PY, str(ROOT / "bench" / "reference_relay.py"), str(port)]),

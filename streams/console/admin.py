@@ -350,7 +350,19 @@ class StreamAdmin(ReadOnlyRecordAdmin):
                 )
             },
         ),
-        ("Relay", {"fields": ("frames_sent", "played_ms", "buffer_summary", "server_id", "resource_uri")}),
+        (
+            "Relay",
+            {
+                "fields": (
+                    "frames_sent",
+                    "played_ms",
+                    "buffer_summary",
+                    "noise_suppression",
+                    "server_id",
+                    "resource_uri",
+                )
+            },
+        ),
     )
     readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"] if isinstance(name, str))
 
@@ -418,6 +430,10 @@ class StreamAdmin(ReadOnlyRecordAdmin):
             return "none stored" if obj.end_time else "none yet (stored when the stream ends)"
         peak = max(pct for _, pct in samples)
         return f"{len(samples)} samples, peak {peak:g} %"
+
+    @admin.display(description="noise cancellation")
+    def noise_suppression(self, obj: Stream) -> str:
+        return admin_views.noise_summary(obj)
 
     @admin.display(description="resource URI")
     def resource_uri(self, obj: Stream) -> str:

@@ -140,6 +140,38 @@ def deliveries_of(stream: Stream) -> list[CallbackDelivery]:
     )
 
 
+NOISE_EVENTS = ("NoiseCancellation", "NoiseCancellationSummary")
+
+
+def noise_summary(stream: Stream) -> str:
+    """What noise cancellation did for a stream, from the relay's two debug-log rows (start and end)."""
+    if not stream.noise_cancellation:
+        return "off"
+    rows = {
+        row.event: row.params if isinstance(row.params, dict) else {}
+        for row in StreamEvent.objects.filter(stream=stream, event__in=NOISE_EVENTS).order_by("id")
+    }
+    started = rows.get("NoiseCancellation")
+    if started is None:
+        if stream.end_time is None:
+            return f"requested at level {stream.noise_cancellation_level}; no audio relayed yet"
+        return f"requested at level {stream.noise_cancellation_level}; never ran (no audio was relayed)"
+    text = (
+        f"on: level {started.get('Level')}, at most {started.get('MaxAttenuationDb')} dB on the "
+        f"{started.get('Tracks')} track at {started.get('SampleRate')} Hz, {started.get('DelayMs')} ms delay "
+        f"({started.get('Engine')})"
+    )
+    ended = rows.get("NoiseCancellationSummary")
+    if ended is None:
+        return text + ("; running" if stream.end_time is None else "")
+    levels = ", ".join(
+        f"{key.removesuffix('OutputLevelDb').lower()} {value} dB"
+        for key, value in ended.items()
+        if key.endswith("OutputLevelDb")
+    )
+    return f"{text}; {ended.get('Frames')} frames suppressed" + (f", output against input: {levels}" if levels else "")
+
+
 def stream_page_context(stream: Stream) -> dict[str, Any]:
     """What the stream page shows below its fields: timeline, the start of the debug log, callbacks."""
     events = list(StreamEvent.objects.filter(stream=stream).order_by("timestamp", "id")[: EVENTS_ON_STREAM_PAGE + 1])

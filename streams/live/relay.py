@@ -33,6 +33,7 @@ from streams import services
 from streams.core import framing, plivo
 from streams.core.audio import Decoder, Encoder, Format
 from streams.core.buffer import Degraded, Overflow, SendBuffer
+from streams.core.noise import ENGINE, NoiseSuppressor
 from streams.core.playback import QueueFull
 from streams.live.dbasync import db_async
 from streams.models import Stream
@@ -101,9 +102,19 @@ class StreamRelay:
         self.tracks: tuple[str, ...] = tuple(stream.tracks)
         self.encoders = {track: Encoder(gateway_rate, self.fmt) for track in self.tracks}
         self.chunks = dict.fromkeys(self.tracks, 0)
+        # noiseCancellation: a suppressor per streamed track, on the call's audio before its encoder
+        # (docs/noise-cancellation.md); none at all for the streams that did not ask.
+        self.noise = (
+            {track: NoiseSuppressor(gateway_rate, stream.noise_cancellation_level) for track in self.tracks}
+            if stream.noise_cancellation
+            else {}
+        )
+        self.suppressors = self.noise  # the ones still on the audio path (emptied by the end's flush)
         # One inbound track in the gateway's own format: a session frame is exactly one message
         # (its encoder would pass it through), so on_audio takes a short path with its own counter.
-        self._plain_inbound = self.tracks == ("inbound",) and self.encoders["inbound"].passthrough
+        self._plain_inbound = (
+            self.tracks == ("inbound",) and self.encoders["inbound"].passthrough and not self.suppressors
+        )
         self._chunk = 0
         self.template = plivo.MediaTemplate(self.stream_id, stream.extra_headers)
         self.decoder = Decoder(gateway_rate)
@@ -133,6 +144,20 @@ class StreamRelay:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timeout: asyncio.TimerHandle | None = None
         self.done = asyncio.Event()
+        if self.noise:
+            first = next(iter(self.noise.values()))
+            self.log_event(
+                "NoiseCancellation",
+                "",
+                {
+                    "Level": first.level,
+                    "MaxAttenuationDb": first.attenuation_db,
+                    "Tracks": ",".join(self.noise),
+                    "SampleRate": gateway_rate,
+                    "DelayMs": round(1000 * first.delay_samples / gateway_rate, 3),
+                    "Engine": ENGINE,
+                },
+            )
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -155,6 +180,8 @@ class StreamRelay:
         """Ask the relay to end with `reason`; the first reason wins."""
         if self.end_reason is not None:
             return
+        if self.suppressors and reason != Stream.Reason.CONNECTION_ERROR:
+            self._flush_noise()
         self.end_reason, self.end_error = reason, error
         task = self._task
         # Only a task that is running can be cancelled safely: cancelling one that has not
@@ -337,6 +364,7 @@ class StreamRelay:
         self.session.relay_finished(self)
         if self.end_error:
             log.info("stream %s ended: %s (%s)", self.stream_id, reason, self.end_error)
+        self._log_noise_summary()
         self._sample(time.monotonic(), force=True)
         stats = {"frames_sent": self.frames_sent, "played_ms": self.played_ms, "buffer_samples": self.samples}
         try:
@@ -379,8 +407,11 @@ class StreamRelay:
                 self._on_buffer_events(events)
         else:
             first = True
+            suppressors = self.suppressors
             for track in self.tracks:
                 pcm = inbound if track == "inbound" else outbound
+                if suppressors:
+                    pcm = suppressors[track].process(pcm)
                 for payload in self.encoders[track].encode(pcm):
                     chunk = self.chunks[track] + 1
                     self.chunks[track] = chunk
@@ -395,6 +426,33 @@ class StreamRelay:
         now = time.monotonic()
         if now >= self._next_sample:
             self._sample(now)
+
+    def _flush_noise(self) -> None:
+        """The stream ends: the audio its suppressors still hold (their fixed 10 ms delay) goes out
+        as one last frame per track, padded with silence, behind what is queued."""
+        suppressors, self.suppressors = self.suppressors, {}
+        tails = {track: s.flush() for track, s in suppressors.items()}
+        if not any(tails.values()):  # no audio went in
+            return
+        size = next(iter(suppressors.values())).rate // 50 * 2
+        silence = bytes(size)
+        self.on_audio(
+            tails.get("inbound", silence).ljust(size, b"\x00"),
+            tails.get("outbound", silence).ljust(size, b"\x00"),
+            False,
+        )
+        self.pump()
+
+    def _log_noise_summary(self) -> None:
+        if not self.noise:
+            return
+        first = next(iter(self.noise.values()))
+        levels = {
+            f"{track.capitalize()}OutputLevelDb": s.output_level_db
+            for track, s in self.noise.items()
+            if s.output_level_db is not None  # a track that carried only silence has nothing to compare
+        }
+        self.log_event("NoiseCancellationSummary", "", {"Level": first.level, "Frames": first.frames, **levels})
 
     def _sample(self, now: float, *, force: bool = False) -> None:
         if not force and now < self._next_sample:

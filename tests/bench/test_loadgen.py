@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from streams.models import Account, Stream
+from streams.models import Account, Stream, StreamEvent
 from tests.conftest import ROOT, Proc, free_port
 from tests.support import db, eventually
 
@@ -75,3 +75,23 @@ async def test_against_a_hub_with_playback_and_wrong_credentials(hub: Proc, acco
         run_loadgen, "--url", url, "--auth", f"{account.auth_id}:wrong", "--calls", "2", "--seconds", "1"
     )
     assert refused["error_count"] == 2 and "403" in refused["errors"][0]
+
+
+async def test_noise_cancellation_mode_counts_frames_by_chunk_through_a_hub(hub: Proc, account: Account) -> None:
+    url = f"{hub.ws}/ingest/audio-fork"
+    auth = f"{account.auth_id}:{account.auth_token}"
+    result, _ = await asyncio.to_thread(
+        run_loadgen, "--url", url, "--auth", auth, "--calls", "3", "--seconds", "4", "--noise-cancellation"
+    )
+    assert result["connected"] == 3 and result["error_count"] == 0
+    assert result["sent"] == 3 * 4 * 50 and result["received"] == result["sent"] and result["lost"] == 0
+    assert result["duplicates"] == 0 and result["out_of_order"] == 0 and result["invalid"] == 0
+    # each stream's flushed suppressor tail is counted apart, not as a frame; it may land after the
+    # generator has stopped reading (it hangs up and exits without waiting for the streams' ends)
+    assert result["tail_frames"] <= 3
+    assert result["steady_frames"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"] < 1000
+
+    def suppressed_streams() -> int:
+        return StreamEvent.objects.filter(stream__account=account, event="NoiseCancellationSummary").count()
+
+    await eventually(db(lambda: suppressed_streams() == 3))

@@ -9,7 +9,8 @@ from django.urls import reverse
 from callbacks.models import CallbackDelivery
 from streams import services
 from streams.console.views import EVENTS_ON_STREAM_PAGE, EVENTS_PER_LOG_PAGE
-from streams.models import Account, Stream, StreamEvent
+from streams.models import Account, Call, Stream, StreamEvent
+from tests.console.conftest import start_stream
 
 pytestmark = pytest.mark.django_db
 
@@ -152,3 +153,52 @@ def test_a_delivery_page_shows_its_attempts(su_client: Client, ended_stream: Str
     assert "no such hook" in html and "503" in html
     assert "<dt>Event</dt><dd>StopStream</dd>" in html
     assert account.auth_token not in html
+
+
+def noise_field(html: str) -> str:
+    return html.split("field-noise_suppression")[1].split('<div class="readonly">')[1].split("</div>")[0]
+
+
+def test_the_stream_page_says_noise_cancellation_is_off(su_client: Client, ended_stream: Stream) -> None:
+    html = page(su_client, reverse("admin:streams_stream_change", args=[ended_stream.pk]))
+    assert noise_field(html).strip() == "off"
+
+
+def test_the_stream_page_shows_what_noise_cancellation_did(su_client: Client, call: Call) -> None:
+    stream = start_stream(call, noise_cancellation=True, noise_cancellation_level=90)
+    url = reverse("admin:streams_stream_change", args=[stream.pk])
+    assert noise_field(page(su_client, url)).strip() == "requested at level 90; no audio relayed yet"
+
+    services.stream_log(
+        stream=stream,
+        event="NoiseCancellation",
+        extra={
+            "Level": 90,
+            "MaxAttenuationDb": -38,
+            "Tracks": "inbound",
+            "SampleRate": 8000,
+            "DelayMs": 10.125,
+            "Engine": "pyspeex-noise 2.0.1 (Speex preprocessor)",
+        },
+    )
+    running = noise_field(page(su_client, url))
+    assert running.strip() == (
+        "on: level 90, at most -38 dB on the inbound track at 8000 Hz, 10.125 ms delay "
+        "(pyspeex-noise 2.0.1 (Speex preprocessor)); running"
+    )
+    summary = {"Level": 90, "Frames": 425, "InboundOutputLevelDb": -4.2}
+    services.stream_log(stream=stream, event="NoiseCancellationSummary", extra=summary)
+    services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
+    html = page(su_client, url)
+    assert noise_field(html).strip().endswith("; 425 frames suppressed, output against input: inbound -4.2 dB")
+    # and the debug log shows both rows with their parameters
+    log = html.split('id="debug-log"')[1]
+    assert 'data-event="NoiseCancellation"' in log and 'data-event="NoiseCancellationSummary"' in log
+    assert "<dt>Level</dt><dd>90</dd>" in log
+
+
+def test_a_stream_that_asked_for_noise_cancellation_but_never_ran_says_so(su_client: Client, call: Call) -> None:
+    stream = start_stream(call, started=False, noise_cancellation=True)
+    services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
+    html = page(su_client, reverse("admin:streams_stream_change", args=[stream.pk]))
+    assert noise_field(html).strip() == "requested at level 85; never ran (no audio was relayed)"
