@@ -141,7 +141,7 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "streamhub API",
-    "DESCRIPTION": "Plivo-compatible Audio Streams REST API (calls and streams).",
+    "DESCRIPTION": "Plivo-compatible Audio Streams REST API (calls, streams and applications).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,

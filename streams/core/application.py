@@ -12,10 +12,14 @@ microseconds), durations whole seconds, all values strings.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from streams.core.validation import check_callback_url, parse_bool
 
 ANSWER_EVENT = "StartApp"
 HANGUP_EVENT = "Hangup"
@@ -146,3 +150,91 @@ def hangup_params(call: CallFacts, *, ended_at: datetime, cause: HangupCause, in
         }
     )
     return params
+
+
+# --- the Application resource's parameters (REST API and admin) ----------------------------
+
+APP_URL_FIELDS = ("answer_url", "hangup_url", "fallback_answer_url", "message_url")
+APP_METHOD_FIELDS = ("answer_method", "hangup_method", "fallback_method", "message_method")
+APP_BOOL_FIELDS = ("default_number_app", "default_endpoint_app", "public_uri", "log_incoming_messages")
+# Sent by the plivo SDK or documented by Plivo, meaningless here (API callbacks, endpoints): accepted, ignored.
+APP_IGNORED_FIELDS = frozenset({"app_id", "callback_url", "callback_method", "cascade", "new_endpoint_application"})
+MAX_APP_NAME = 200
+SUBACCOUNT = re.compile(r"^SA[A-Z0-9]{18}$")
+
+
+class ApplicationParamError(ValueError):
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+
+
+def validate_application(
+    data: Mapping[str, Any], *, creating: bool, forbid_private_callbacks: bool = False
+) -> dict[str, Any]:
+    """The fields to store, named as the model names them; ApplicationParamError names every bad one.
+
+    `None` means "not given". On create, `app_name` and `answer_url` are required and
+    `hangup_url` defaults to `answer_url` (Plivo's create page); on update every given key
+    is stored as sent (the plivo SDK sends its defaults on every update).
+    """
+    errors: dict[str, str] = {}
+    clean: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key in APP_IGNORED_FIELDS or raw is None:
+            continue
+        try:
+            if key == "app_name":
+                clean[key] = _app_name(raw)
+            elif key in APP_URL_FIELDS:
+                clean[key] = _http_url(raw, required=key == "answer_url", forbid_private=forbid_private_callbacks)
+            elif key in APP_METHOD_FIELDS:
+                clean[key] = _method(raw)
+            elif key in APP_BOOL_FIELDS:
+                clean[key] = parse_bool(raw)
+            elif key == "subaccount":
+                clean[key] = _subaccount(raw)
+            else:
+                errors[key] = "is not an application parameter"
+        except ValueError as exc:
+            errors[key] = str(exc)
+    if creating:
+        for required in ("app_name", "answer_url"):
+            if required not in clean and required not in errors:
+                errors[required] = "is required"
+        if data.get("hangup_url") is None and "answer_url" in clean:
+            clean["hangup_url"] = clean["answer_url"]
+    if errors:
+        raise ApplicationParamError(errors)
+    return clean
+
+
+def _app_name(value: Any) -> str:
+    text = value.strip() if isinstance(value, str) else str(value) if isinstance(value, int | float) else None
+    if not text:
+        raise ValueError("must be a non-empty name")
+    if len(text) > MAX_APP_NAME:
+        raise ValueError(f"must be at most {MAX_APP_NAME} characters")
+    if any(ord(ch) < 32 for ch in text):
+        raise ValueError("must not contain control characters")
+    return text
+
+
+def _http_url(value: Any, *, required: bool, forbid_private: bool) -> str:
+    if isinstance(value, str) and not value.strip():
+        if required:
+            raise ValueError("must be an http:// or https:// URL")
+        return ""
+    return check_callback_url(value, forbid_private=forbid_private)
+
+
+def _method(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().upper() not in ("GET", "POST"):
+        raise ValueError("must be GET or POST")
+    return value.strip().upper()
+
+
+def _subaccount(value: Any) -> str:
+    if isinstance(value, str) and (value == "" or SUBACCOUNT.match(value)):
+        return value
+    raise ValueError("must be a subaccount auth_id (SA followed by 18 capital letters or digits)")
