@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from streams.core import application as plivo_app
@@ -45,7 +46,10 @@ def streams_close_orphaned(*, now: datetime | None = None, limit: int = SWEEP_BA
     calls = (
         Call.objects.filter(status=Call.Status.LIVE, started_at__lt=cutoff)
         .exclude(server_id__in=alive)
-        .exclude(streams__end_time__isnull=True)
+        # Exists, not exclude(streams__end_time__isnull=True): that also matches a call with no
+        # stream at all (the join's NULL), and such a call (an application still being fetched)
+        # would stay live forever
+        .exclude(Exists(Stream.objects.filter(call=OuterRef("pk"), end_time__isnull=True)))
         .order_by("pk")
     )
     for call in calls[:limit]:

@@ -10,7 +10,6 @@ is asserted.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
