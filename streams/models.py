@@ -113,6 +113,11 @@ class Application(models.Model):
     def __str__(self) -> str:
         return f"{self.app_name} ({self.app_id})"
 
+    def validate_constraints(self, exclude: Any = None) -> None:
+        # "One default per account" is kept by services.application_save, which unmarks the
+        # account's old default in the same transaction: a form marking a new one is not an error.
+        super().validate_constraints(exclude={*(exclude or ()), "account"})
+
     @property
     def resource_uri(self) -> str:
         return f"/v1/Account/{self.account.auth_id}/Application/{self.app_id}/"

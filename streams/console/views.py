@@ -40,7 +40,7 @@ from streams.core.validation import (
     StreamParamError,
     validate_stream_params,
 )
-from streams.models import Call, Stream, StreamEvent
+from streams.models import Call, CallEvent, Stream, StreamEvent
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin
@@ -83,7 +83,7 @@ def param_pairs(params: object) -> list[tuple[str, str]]:
 class LogRow:
     """One StreamEvent as the console shows it."""
 
-    event: StreamEvent
+    event: StreamEvent | CallEvent
     time: str
     offset: str
     params: list[tuple[str, str]]
@@ -138,6 +138,35 @@ def deliveries_of(stream: Stream) -> list[CallbackDelivery]:
         .order_by("id")
         .prefetch_related(Prefetch("attempts", queryset=CallbackAttempt.objects.order_by("number")))
     )
+
+
+def call_page_context(object_id: str) -> dict[str, Any]:
+    """The call page's debug log (its application's requests and steps) and its hangup request."""
+    call = Call.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
+    if call is None:
+        return {}
+    events = list(CallEvent.objects.filter(call=call).order_by("timestamp", "id")[: EVENTS_PER_LOG_PAGE + 1])
+    rows = [
+        LogRow(
+            event=event,
+            time=utc(event.timestamp, millis=True),
+            offset="+" + timeline.format_offset(offset_seconds(call.started_at, event.timestamp)),
+            params=param_pairs(event.params),
+        )
+        for event in events[:EVENTS_PER_LOG_PAGE]
+    ]
+    deliveries = list(
+        CallbackDelivery.objects.filter(call=call)
+        .order_by("id")
+        .prefetch_related(Prefetch("attempts", queryset=CallbackAttempt.objects.order_by("number")))
+    )
+    return {
+        "call_log": rows,
+        "call_log_truncated": len(events) > EVENTS_PER_LOG_PAGE,
+        "call_log_limit": EVENTS_PER_LOG_PAGE,
+        "call_deliveries": deliveries,
+        "has_application": call.application_id is not None or bool(rows) or bool(deliveries),
+    }
 
 
 def stream_page_context(stream: Stream) -> dict[str, Any]:
