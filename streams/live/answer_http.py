@@ -12,6 +12,7 @@ signature covers the configured URL only).
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from streams.core.application import strip_fragment
 USER_AGENT = "streamhub-application/1"
 READ_CHUNK = 16 * 1024
 FETCH_THREADS = 32
+URL_IN_MESSAGE = re.compile(r"url: \S+")
 _pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="answer-url")
 _local = threading.local()
 
@@ -62,6 +64,11 @@ def prepare(*, method: str, url: str, params: dict[str, str], auth_token: str) -
     return prepared
 
 
+def _without_url(exc: Exception) -> str:
+    """requests' message names the URL's path and query, where customers keep tokens: not in the logs."""
+    return URL_IN_MESSAGE.sub("url: …", str(exc))[:400]
+
+
 def _session() -> requests.Session:
     session: requests.Session | None = getattr(_local, "session", None)
     if session is None:
@@ -80,10 +87,10 @@ def fetch_blocking(prepared: requests.PreparedRequest, *, timeout: float, limit:
 
     try:
         response = _session().send(prepared, timeout=(timeout, timeout), allow_redirects=False, stream=True)
-    except requests.Timeout:
-        return AnswerResult(None, elapsed(), error=f"timeout: no answer within {timeout:g} s")
+    except requests.Timeout:  # the same words as the event loop's deadline: whichever fires first
+        return AnswerResult(None, elapsed(), error=f"timeout: no complete answer within {timeout:g} s")
     except requests.RequestException as exc:
-        return AnswerResult(None, elapsed(), error=f"connection error: {type(exc).__name__}: {exc}"[:500])
+        return AnswerResult(None, elapsed(), error=f"connection error: {type(exc).__name__}: {_without_url(exc)}")
     content_type = response.headers.get("Content-Type", "")[:200]
     try:
         declared = response.headers.get("Content-Length", "")

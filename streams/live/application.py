@@ -286,5 +286,5 @@ class ApplicationRunner:
             await db_async(services.call_record_hangup)(call=self.call, cause=cause, detail=detail)
         except Exception:
             log.exception("call %s: could not record its hangup cause", self.call.call_uuid)
-        log.info("call %s: hanging up (%s: %s)", self.call.call_uuid, cause.name, detail)
+        log.info("call %s: hanging up (%s; the call's debug log says why)", self.call.call_uuid, cause.name)
         await self.host.hangup()

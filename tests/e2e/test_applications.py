@@ -487,3 +487,24 @@ async def test_app_id_in_the_query_string_for_gateways_without_metadata(
     await asyncio.wait_for(gateway.ws.wait_closed(), 20)
     call = await hung_up_call(application=app)
     assert call.hangup_cause_name == "Rejected"
+
+
+async def test_a_refused_connection_is_logged_without_the_urls_secrets(
+    account: Account, receiver: Receiver, app_hub: Proc
+) -> None:
+    from tests.conftest import free_port
+
+    secret_url = f"http://127.0.0.1:{free_port()}/answer?token=SECRET-in-the-query"
+    app = await db(Application.objects.create)(account=account, app_name="down", answer_url=secret_url)
+    driver = make_driver("audio-fork", app_hub, account)
+    call_id = str(uuid.uuid4())
+    await driver.open([], call_id=call_id, extra={"appId": app.app_id})
+    assert await asyncio.wait_for(driver.closed_by_hub(), 30)
+    call = await hung_up_call(call_uuid=call_id)
+    log = await db(call_log)(call)
+    errors = [error for name, error, _ in log if name == "AnswerRequest"]
+    assert len(errors) == 3 and all(
+        "connection error: ConnectionError" in e and "Connection refused" in e for e in errors
+    )
+    assert not any("SECRET" in error for _, error, _ in log)
+    assert "SECRET" not in app_hub.log() and call.hangup_cause_name == "Answer URL Failed"
