@@ -107,6 +107,7 @@ FRESH_URL = "wss://bot.example.com/generated"  # no stream of the world uses it 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 13 operations x 40 examples, most on fresh rows: minutes on a loaded machine
 @pytest.mark.django_db(transaction=True)
 def test_no_generated_request_gets_a_server_error(
     hub_factory: Callable[..., Proc], account: Account, other_account: Account
