@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from callbacks.models import CallbackAttempt, CallbackDelivery
-from callbacks.services import CALLBACK_EVENTS
+from callbacks.services import DELIVERY_EVENTS
 from streams.console import views as admin_views
 from streams.console.base import ReadOnlyInline, ReadOnlyRecordAdmin, link, parse_uuid, truncate
 from streams.console.views import utc
@@ -33,7 +33,7 @@ class CallbackEventFilter(admin.SimpleListFilter):
     parameter_name = "event"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(name, name) for name in sorted(CALLBACK_EVENTS)]
+        return [(name, name) for name in sorted(DELIVERY_EVENTS)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[CallbackDelivery]) -> QuerySet[CallbackDelivery]:
         return queryset.filter(event=self.value()) if self.value() else queryset
@@ -68,14 +68,15 @@ class CallbackDeliveryAdmin(ReadOnlyRecordAdmin):
         "error_excerpt",
     )
     list_filter = ("state", CallbackEventFilter, "account")
-    list_select_related = ("stream", "account")
+    list_select_related = ("stream", "call", "account")
     search_fields = ("url",)
-    search_help_text = "Stream ID or idempotency ID (whole), or part of the callback URL"
+    search_help_text = "Stream ID, call ID or idempotency ID (whole), or part of the callback URL"
     ordering = ("-id",)
     show_full_result_count = False
     list_per_page = 100
     fields = (
         "stream",
+        "call",
         "account",
         "event",
         "method",
@@ -100,14 +101,20 @@ class CallbackDeliveryAdmin(ReadOnlyRecordAdmin):
         for term in search_term.split():
             exact = parse_uuid(term)
             if exact is not None:
-                queryset = queryset.filter(Q(stream__stream_id=exact) | Q(idempotency_id=exact))
+                queryset = queryset.filter(
+                    Q(stream__stream_id=exact) | Q(call__call_uuid=exact) | Q(idempotency_id=exact)
+                )
             else:
                 queryset = queryset.filter(url__icontains=term)
         return queryset, False
 
-    @admin.display(description="stream", ordering="stream__stream_id")
+    @admin.display(description="stream / call", ordering="stream__stream_id")
     def stream_link(self, obj: CallbackDelivery) -> str:
-        return link(reverse("admin:streams_stream_change", args=[obj.stream_id]), obj.stream.stream_id)
+        if obj.stream is not None:
+            return link(reverse("admin:streams_stream_change", args=[obj.stream_id]), obj.stream.stream_id)
+        if obj.call is not None:  # a call-level delivery: the application's hangup request
+            return link(reverse("admin:streams_call_change", args=[obj.call_id]), f"call {obj.call.call_uuid}")
+        return "—"
 
     @admin.display(description="URL", ordering="url")
     def target(self, obj: CallbackDelivery) -> str:
@@ -144,7 +151,7 @@ class CallbackDeliveryAdmin(ReadOnlyRecordAdmin):
         deliveries = admin_views.confirmed_selection(
             self,
             request,
-            queryset.select_related("stream"),
+            queryset.select_related("stream", "call"),
             lambda rows: {
                 "title": "Redeliver these callbacks?",
                 "question": "Each failed delivery goes back to pending and is sent again, with retries, "
@@ -152,7 +159,7 @@ class CallbackDeliveryAdmin(ReadOnlyRecordAdmin):
                 "items": [
                     admin_views.Item(
                         pk=d.pk,
-                        label=f"#{d.pk} {d.event} of stream {d.stream.stream_id} → {d.url}",
+                        label=f"#{d.pk} {d.event} of {d.subject} → {d.url}",
                         note=f"failed after {d.attempt_count} attempts"
                         if d.state == CallbackDelivery.State.FAILED
                         else f"{d.state}, will be left alone",

@@ -1,4 +1,8 @@
-"""The callback outbox: one delivery row per status callback, one attempt row per try."""
+"""The callback outbox: one delivery row per status callback or hangup request, one attempt row per try.
+
+A delivery belongs to a stream (status callbacks, delivered in order per stream) or, with no
+stream, to a call (its application's hangup request, the one call-level delivery).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,12 @@ class CallbackDelivery(models.Model):
         DELIVERED = "delivered", "delivered"
         FAILED = "failed", "failed"
 
-    stream = models.ForeignKey("streams.Stream", on_delete=models.CASCADE, related_name="callback_deliveries")
+    stream = models.ForeignKey(
+        "streams.Stream", null=True, blank=True, on_delete=models.CASCADE, related_name="callback_deliveries"
+    )
+    call = models.ForeignKey(
+        "streams.Call", null=True, blank=True, on_delete=models.CASCADE, related_name="callback_deliveries"
+    )
     account = models.ForeignKey("streams.Account", on_delete=models.PROTECT, related_name="callback_deliveries")
     event = models.CharField(max_length=32)
     url = models.CharField(max_length=2048)
@@ -35,9 +44,22 @@ class CallbackDelivery(models.Model):
         ordering = ["id"]
         verbose_name_plural = "callback deliveries"
         indexes = [models.Index(fields=["stream", "id"]), models.Index(fields=["state", "next_attempt_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(stream__isnull=False) | models.Q(call__isnull=False),
+                name="delivery_belongs_to_a_stream_or_a_call",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} → {self.url} ({self.state})"
+
+    @property
+    def subject(self) -> str:
+        """What the delivery reports on, for labels: "stream <id>" or "call <uuid>"."""
+        if self.stream is not None:
+            return f"stream {self.stream.stream_id}"
+        return f"call {self.call.call_uuid}" if self.call is not None else "—"
 
 
 OPEN_STATES = (CallbackDelivery.State.PENDING, CallbackDelivery.State.DELIVERING)

@@ -42,7 +42,7 @@ from django.utils import timezone
 from callbacks import http, retry, signing
 from callbacks.models import OPEN_STATES, CallbackAttempt, CallbackDelivery, delivery_is_blocked, earlier_open
 from callbacks.publish import queue_delivery
-from streams.models import Stream
+from streams.models import Call, Stream
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CALLBACK_EVENTS = frozenset({"StartStream", "StopStream", "DroppedStream", "DegradedStream"})
+# The one call-level delivery: the call's application's hangup request (Plivo's Event name).
+HANGUP_REQUEST_EVENT = "Hangup"
+DELIVERY_EVENTS = CALLBACK_EVENTS | {HANGUP_REQUEST_EVENT}
 # How long one task keeps going with its account's backlog before handing over to a
 # fresh task (keeps tasks well under the broker's visibility timeout).
 RUN_BUDGET_SECONDS = 20.0
@@ -77,6 +80,20 @@ def callback_enqueue(*, stream: Stream, event: str, params: dict[str, str]) -> C
             params=params,
         )
         transaction.on_commit(lambda: _queue(delivery.pk))
+    return delivery
+
+
+def hangup_request_enqueue(*, call: Call, url: str, method: str, params: dict[str, str]) -> CallbackDelivery:
+    """Write the outbox row of a call's hangup request; run in the transaction that ends the call.
+
+    It belongs to the call, not to a stream, so no stream's order holds it back (nor does it
+    hold any stream's callbacks back): one per call, delivered with the same signing, retries
+    and attempt history as status callbacks.
+    """
+    delivery = CallbackDelivery.objects.create(
+        call=call, account_id=call.account_id, event=HANGUP_REQUEST_EVENT, url=url, method=method, params=params
+    )
+    transaction.on_commit(lambda: _queue(delivery.pk))
     return delivery
 
 
@@ -262,7 +279,9 @@ def _finish(
             mine.filter(state=state.DELIVERING).update(state=state.FAILED, last_error=decision.reason[:500])
 
 
-def _queue_next(stream_id: int) -> None:
+def _queue_next(stream_id: int | None) -> None:
+    if stream_id is None:  # a call-level delivery: nothing waits behind it
+        return
     next_id = callback_next(stream_id=stream_id)
     if next_id is not None:
         _queue(next_id, check_order=False)
@@ -296,7 +315,8 @@ def callbacks_requeue_stale(*, now: datetime | None = None, limit: int = SWEEP_B
                 taken = mine.update(state=state.PENDING, next_attempt_at=now, last_error=INTERRUPTED)
             if not taken:
                 continue
-            handled.add(row.stream_id)
+            if row.stream_id is not None:
+                handled.add(row.stream_id)
             CallbackAttempt.objects.filter(
                 delivery_id=row.pk, number=row.attempt_count, status_code=None, error=""
             ).update(error=INTERRUPTED)

@@ -141,7 +141,7 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "streamhub API",
-    "DESCRIPTION": "Plivo-compatible Audio Streams REST API (calls and streams).",
+    "DESCRIPTION": "Plivo-compatible Audio Streams REST API (calls, streams and applications).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
@@ -208,6 +208,11 @@ STREAMHUB_ORPHAN_AFTER_SECONDS = env_float("STREAMHUB_ORPHAN_AFTER_SECONDS", def
 # (daphne: 200); bench/RESULTS.md. Measure yours with bench/run.py and set this below what it prints.
 STREAMHUB_MAX_CALLS = env_int("STREAMHUB_MAX_CALLS", default=350, minimum=1)
 STREAMHUB_FORBID_PRIVATE_CALLBACKS = env_bool("STREAMHUB_FORBID_PRIVATE_CALLBACKS", default=False)
+
+# Applications: the answer URL's tries (decisions A4, A5)
+STREAMHUB_ANSWER_TIMEOUT_SECONDS = env_float("STREAMHUB_ANSWER_TIMEOUT_SECONDS", default=5.0, minimum=0.1)
+STREAMHUB_ANSWER_TRIES = env_int("STREAMHUB_ANSWER_TRIES", default=3, minimum=1)
+STREAMHUB_ANSWER_RETRY_DELAY_SECONDS = env_float("STREAMHUB_ANSWER_RETRY_DELAY_SECONDS", default=0.5, minimum=0.0)
 
 # Callbacks (decision D16)
 STREAMHUB_CALLBACK_MAX_ATTEMPTS = env_int("STREAMHUB_CALLBACK_MAX_ATTEMPTS", default=8, minimum=1)

@@ -1,7 +1,8 @@
-"""Account, Call, Stream, StreamEvent and their one-row state changes.
+"""Account, Application, Call, CallEvent, Stream, StreamEvent and their one-row state changes.
 
 Invariants the database enforces: one active stream per (call, service_url); an
-ended stream has an end time and exactly one hangup reason; a live call has no end.
+ended stream has an end time and exactly one hangup reason; a live call has no end;
+an account has at most one default application (for numbers, and for endpoints).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def new_ingest_token() -> str:
     return "gw_" + secrets.token_urlsafe(24)
 
 
+def new_app_id() -> str:
+    """17 decimal digits, the shape of Plivo's app ids (a string, never an int)."""
+    return str(10**16 + secrets.randbelow(9 * 10**16))
+
+
 def mask_secret(value: str) -> str:
     return f"{value[:4]}…{value[-2:]}" if len(value) > 8 else "…"
 
@@ -61,6 +67,60 @@ class Account(models.Model):
     @property
     def masked_token(self) -> str:
         return mask_secret(self.auth_token)
+
+
+class Application(models.Model):
+    """A Plivo application: where a call's flow comes from (answer_url) and who hears its end (hangup_url)."""
+
+    class Method(models.TextChoices):
+        GET = "GET", "GET"
+        POST = "POST", "POST"
+
+    app_id = models.CharField(max_length=20, unique=True, default=new_app_id)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="applications")
+    app_name = models.CharField(max_length=200)
+    answer_url = models.CharField(max_length=2048)
+    answer_method = models.CharField(max_length=4, choices=Method.choices, default=Method.POST)
+    hangup_url = models.CharField(max_length=2048, blank=True, default="")
+    hangup_method = models.CharField(max_length=4, choices=Method.choices, default=Method.POST)
+    fallback_answer_url = models.CharField(max_length=2048, blank=True, default="")
+    fallback_method = models.CharField(max_length=4, choices=Method.choices, default=Method.POST)
+    # Stored and returned for Plivo compatibility; the hub has no messaging, endpoints or SIP URIs.
+    message_url = models.CharField(max_length=2048, blank=True, default="")
+    message_method = models.CharField(max_length=4, choices=Method.choices, default=Method.POST)
+    default_number_app = models.BooleanField(
+        default=False, help_text="the account's default application: runs calls that name no app and no streams"
+    )
+    default_endpoint_app = models.BooleanField(default=False)
+    public_uri = models.BooleanField(default=False)
+    log_incoming_messages = models.BooleanField(default=True)
+    subaccount = models.CharField(max_length=20, blank=True, default="")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["account", "-created_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account"], condition=Q(default_number_app=True), name="one_default_number_app_per_account"
+            ),
+            models.UniqueConstraint(
+                fields=["account"], condition=Q(default_endpoint_app=True), name="one_default_endpoint_app_per_account"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.app_name} ({self.app_id})"
+
+    def validate_constraints(self, exclude: Any = None) -> None:
+        # "One default per account" is kept by services.application_save, which unmarks the
+        # account's old default in the same transaction: a form marking a new one is not an error.
+        super().validate_constraints(exclude={*(exclude or ()), "account"})
+
+    @property
+    def resource_uri(self) -> str:
+        return f"/v1/Account/{self.account.auth_id}/Application/{self.app_id}/"
 
 
 class HubProcess(models.Model):
@@ -99,6 +159,11 @@ class Call(models.Model):
     gateway = models.CharField(max_length=32, default="audio-fork")
     gateway_metadata = models.JSONField(default=dict, blank=True)
     server_id = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    # The application whose answer URL runs this call (none: the gateway named its streams itself).
+    application = models.ForeignKey(Application, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls")
+    # Why the call ended, as the hangup request reports it (streams.core.application.CAUSES).
+    hangup_cause_name = models.CharField(max_length=64, blank=True, default="")
+    hangup_detail = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         ordering = ["-started_at"]
@@ -119,6 +184,35 @@ class Call(models.Model):
         if done:
             self.status, self.ended_at = Call.Status.ENDED, now
         return done == 1
+
+    def record_hangup_cause(self, *, cause_name: str, detail: str = "") -> bool:
+        """Why the call ends, recorded once before it ends; the first recorded cause wins."""
+        done = Call.objects.filter(pk=self.pk, status=Call.Status.LIVE, hangup_cause_name="").update(
+            hangup_cause_name=cause_name, hangup_detail=detail[:500]
+        )
+        if done:
+            self.hangup_cause_name, self.hangup_detail = cause_name, detail[:500]
+        return done == 1
+
+
+class CallEvent(models.Model):
+    """The call's debug log: its application's answer requests, the document's steps, why it ended.
+
+    Written off the audio path, a few rows per call (never per frame).
+    """
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
+    timestamp = models.DateTimeField(default=timezone.now)
+    event = models.CharField(max_length=64)
+    error = models.CharField(max_length=1000, blank=True, default="")
+    params = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["timestamp", "id"]
+        indexes = [models.Index(fields=["call", "timestamp"])]
+
+    def __str__(self) -> str:
+        return f"{self.event} @ {self.timestamp:%H:%M:%S.%f}"
 
 
 class Stream(models.Model):

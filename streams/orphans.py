@@ -13,10 +13,13 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from streams.core import application as plivo_app
 from streams.models import Call, HubProcess, Stream
-from streams.services import stream_end
+from streams.services import call_hangup_request, stream_end
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,17 @@ def streams_close_orphaned(*, now: datetime | None = None, limit: int = SWEEP_BA
     calls = (
         Call.objects.filter(status=Call.Status.LIVE, started_at__lt=cutoff)
         .exclude(server_id__in=alive)
-        .exclude(streams__end_time__isnull=True)
+        # Exists, not exclude(streams__end_time__isnull=True): that also matches a call with no
+        # stream at all (the join's NULL), and such a call (an application still being fetched)
+        # would stay live forever
+        .exclude(Exists(Stream.objects.filter(call=OuterRef("pk"), end_time__isnull=True)))
         .order_by("pk")
     )
     for call in calls[:limit]:
-        if call.mark_ended():
+        with transaction.atomic():  # its application's hangup request is not lost with the process
+            ended_now = call.mark_ended()
+            if ended_now:
+                call_hangup_request(call=call, default_cause=plivo_app.HUB_LOST)
+        if ended_now:
             log.warning("ended call %s: hub process %s stopped responding", call.call_uuid, call.server_id)
     return ended

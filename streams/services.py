@@ -17,11 +17,13 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from callbacks.services import CALLBACK_EVENTS, callback_enqueue
+from callbacks.models import CallbackDelivery
+from callbacks.services import CALLBACK_EVENTS, callback_enqueue, hangup_request_enqueue
 from streams import control
+from streams.core import application as plivo_app
 from streams.core.audiofork import no_playback_reason
 from streams.core.validation import StreamParams
-from streams.models import Account, Call, HubProcess, Stream, StreamEvent
+from streams.models import Account, Application, Call, CallEvent, HubProcess, Stream, StreamEvent
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ def call_open(
     direction: str = "inbound",
     gateway: str = "audio-fork",
     metadata: dict[str, Any] | None = None,
+    application: Application | None = None,
 ) -> Call:
     return Call.objects.create(
         account=account,
@@ -110,6 +113,7 @@ def call_open(
         gateway=gateway,
         gateway_metadata=metadata or {},
         server_id=settings.STREAMHUB_SERVER_ID,
+        application=application,
     )
 
 
@@ -215,7 +219,11 @@ def call_end(*, call: Call, notify_session: bool) -> list[Stream]:
         if stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False):
             ended.append(stream)
     fresh = Call.objects.get(pk=call.pk)
-    if fresh.mark_ended() and notify_session:
+    with transaction.atomic():  # the application's hangup request is in the outbox with the end
+        ended_now = fresh.mark_ended()
+        if ended_now:
+            call_hangup_request(call=fresh)
+    if ended_now and notify_session:
         control.send_to_call(call.call_uuid, {"type": "call.hangup"})
     call.status, call.ended_at = fresh.status, fresh.ended_at
     return ended
@@ -225,6 +233,7 @@ def call_hangup(*, call: Call) -> bool:
     """Hang up a live call from REST or admin; the holding process closes the gateway socket."""
     if call.status != Call.Status.LIVE:
         return False
+    call.record_hangup_cause(cause_name=plivo_app.API_REQUEST.name, detail="hang-up requested (REST API or admin)")
     call_end(call=call, notify_session=True)
     return True
 
@@ -241,3 +250,105 @@ def stream_log_batch(*, stream: Stream, entries: list[tuple[str, str, dict[str, 
     with transaction.atomic():
         for event, error, extra in entries:
             stream_log(stream=stream, event=event, error=error, extra=extra)
+
+
+# --- applications ------------------------------------------------------------------------------
+
+
+class ApplicationNotFound(Exception):
+    """The gateway named an app id that is not one of the call's account's applications."""
+
+
+def application_for_call(*, account: Account, app_id: str, wants_streams: bool) -> Application | None:
+    """The application a new call runs.
+
+    The one the gateway names, looked up among the call's own account's applications only
+    (another account's app is "not found", never run); else, when the gateway asks for no
+    streams, the account's default number application; else none (today's behaviour).
+    """
+    if app_id:
+        app = Application.objects.select_related("account").filter(account=account, app_id=app_id).first()
+        if app is None:
+            raise ApplicationNotFound(app_id)
+        return app
+    if wants_streams:
+        return None
+    return Application.objects.select_related("account").filter(account=account, default_number_app=True).first()
+
+
+@transaction.atomic
+def application_save(*, application: Application) -> Application:
+    """Create or update an application; marking it the default unmarks the account's other one."""
+    others = Application.objects.select_for_update().filter(account_id=application.account_id)
+    if application.pk is not None:
+        others = others.exclude(pk=application.pk)
+    if application.default_number_app:
+        others.filter(default_number_app=True).update(default_number_app=False)
+    if application.default_endpoint_app:
+        others.filter(default_endpoint_app=True).update(default_endpoint_app=False)
+    application.save()
+    return application
+
+
+def call_log(*, call: Call, event: str, error: str = "", params: dict[str, Any] | None = None) -> CallEvent:
+    """One row of the call's debug log (its application's requests and the document's steps)."""
+    clean = {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in (params or {}).items()}
+    return CallEvent.objects.create(call=call, event=event, error=error[:1000], params=clean)
+
+
+def call_record_hangup(*, call: Call, cause: plivo_app.HangupCause, detail: str = "") -> bool:
+    """Record why the hub is about to hang the call up (the first cause wins) and log it."""
+    recorded = call.record_hangup_cause(cause_name=cause.name, detail=detail)
+    if recorded:
+        call_log(
+            call=call,
+            event="CallHangup",
+            error=detail if cause.source == "Error" else "",
+            params={**cause.as_params(), "Detail": detail},
+        )
+    return recorded
+
+
+def call_facts(call: Call) -> plivo_app.CallFacts:
+    """What the application's requests say about the call (callers select_related("account"))."""
+    given = call.gateway_metadata.get("plivo") if isinstance(call.gateway_metadata, dict) else None
+    return plivo_app.CallFacts(
+        call_uuid=str(call.call_uuid),
+        from_number=call.from_number,
+        to_number=call.to_number,
+        direction=call.direction,
+        auth_id=call.account.auth_id,
+        started_at=call.started_at,
+        gateway_params={str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {},
+    )
+
+
+def call_hangup_request(
+    *, call: Call, default_cause: plivo_app.HangupCause = plivo_app.CALLER
+) -> CallbackDelivery | None:
+    """The application's hangup request, as an outbox row; run in the transaction that ends the call.
+
+    The cause is the one recorded before the end (an <Hangup>, the end of the document, an
+    error, an API hang-up); with none recorded the caller hung up (or `default_cause`).
+    """
+    row = Call.objects.select_related("account", "application").get(pk=call.pk)
+    app = row.application
+    if row.ended_at is None or (app is None and not row.hangup_cause_name):
+        return None  # a call without an application (its streams named by the gateway): as before
+    cause = plivo_app.CAUSES.get(row.hangup_cause_name, default_cause)
+    if not row.hangup_cause_name:
+        Call.objects.filter(pk=row.pk).update(hangup_cause_name=cause.name)
+    if app is None or not app.hangup_url:
+        call_log(call=row, event="CallEnded", params=cause.as_params())
+        return None
+    params = plivo_app.hangup_params(
+        call_facts(row), ended_at=row.ended_at, cause=cause, interval=settings.STREAMHUB_BILLING_INTERVAL
+    )
+    url = plivo_app.strip_fragment(app.hangup_url)
+    delivery = hangup_request_enqueue(call=row, url=url, method=app.hangup_method, params=params)
+    call_log(
+        call=row,
+        event="CallEnded",
+        params={**cause.as_params(), "HangupURL": url, "HangupMethod": app.hangup_method, "Delivery": delivery.pk},
+    )
+    return delivery

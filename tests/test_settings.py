@@ -81,3 +81,22 @@ def test_create_account_prints_credentials_as_json(tmp_path: Path, transactional
     account = Account.objects.get(auth_id=data["auth_id"])
     assert data["auth_token"] == account.auth_token
     assert str(account.rate_per_minute) == "0.00400"
+
+
+def test_the_answer_url_settings_have_defaults_and_refuse_nonsense(tmp_path: Path) -> None:
+    code = (
+        "import json, django; from django.conf import settings; django.setup(); print(json.dumps(["
+        "settings.STREAMHUB_ANSWER_TIMEOUT_SECONDS, settings.STREAMHUB_ANSWER_TRIES,"
+        " settings.STREAMHUB_ANSWER_RETRY_DELAY_SECONDS]))"
+    )
+
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "STREAMHUB_"))}
+        clean.update({"DJANGO_SETTINGS_MODULE": "streamhub.settings", "STREAMHUB_DATA_DIR": str(tmp_path), **env})
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True)
+
+    assert json.loads(run().stdout) == [5.0, 3, 0.5]
+    assert json.loads(run(STREAMHUB_ANSWER_TRIES="1", STREAMHUB_ANSWER_TIMEOUT_SECONDS="2.5").stdout)[:2] == [2.5, 1]
+    for bad in ({"STREAMHUB_ANSWER_TRIES": "0"}, {"STREAMHUB_ANSWER_TIMEOUT_SECONDS": "soon"}):
+        failed = run(**bad)
+        assert failed.returncode != 0 and "STREAMHUB_ANSWER_" in failed.stderr

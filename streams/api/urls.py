@@ -19,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from streams.api import schema  # noqa: F401  (registers the Basic auth scheme)
+from streams.api.applications import ApplicationCollectionApi, ApplicationDetailApi
 from streams.api.calls import CallDetailApi, CallListApi
 from streams.api.errors import api_error
 from streams.api.streams import StreamCollectionApi, StreamDetailApi
@@ -48,6 +49,8 @@ urlpatterns: list[URLPattern] = [
     path(f"{ACCOUNT}Call/<str:call_uuid>/", CallDetailApi.as_view(), name="call-detail"),
     path(f"{ACCOUNT}Call/<str:call_uuid>/Stream/", StreamCollectionApi.as_view(), name="stream-list"),
     path(f"{ACCOUNT}Call/<str:call_uuid>/Stream/<str:stream_id>/", StreamDetailApi.as_view(), name="stream-detail"),
+    path(f"{ACCOUNT}Application/", ApplicationCollectionApi.as_view(), name="application-list"),
+    path(f"{ACCOUNT}Application/<str:app_id>/", ApplicationDetailApi.as_view(), name="application-detail"),
     path(
         "schema/",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[AllowAny]),

@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Q, QuerySet, Subquery
@@ -25,6 +26,7 @@ from django.urls import URLPattern, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from streams import services
 from streams.console import views as admin_views
 from streams.console.base import (
     ReadOnlyInline,
@@ -38,7 +40,18 @@ from streams.console.base import (
 )
 from streams.console.views import utc
 from streams.core import timeline
-from streams.models import Account, Call, HubProcess, Stream, StreamEvent, mask_secret, new_auth_token, new_ingest_token
+from streams.core.application import ApplicationParamError, validate_application
+from streams.models import (
+    Account,
+    Application,
+    Call,
+    HubProcess,
+    Stream,
+    StreamEvent,
+    mask_secret,
+    new_auth_token,
+    new_ingest_token,
+)
 
 # --- accounts --------------------------------------------------------------------------------
 
@@ -130,6 +143,133 @@ class AccountAdmin(admin.ModelAdmin):
         )
 
 
+# --- applications ------------------------------------------------------------------------------
+
+
+class ApplicationForm(forms.ModelForm):
+    """The REST API's rules (streams.core.application), so the admin and the API agree on every field."""
+
+    class Meta:
+        model = Application
+        fields = (
+            "account",
+            "app_name",
+            "answer_url",
+            "answer_method",
+            "fallback_answer_url",
+            "fallback_method",
+            "hangup_url",
+            "hangup_method",
+            "default_number_app",
+            "message_url",
+            "message_method",
+            "default_endpoint_app",
+            "public_uri",
+            "log_incoming_messages",
+            "subaccount",
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        given = {key: value for key, value in data.items() if key != "account"}
+        try:
+            clean = validate_application(
+                given, creating=False, forbid_private_callbacks=settings.STREAMHUB_FORBID_PRIVATE_CALLBACKS
+            )
+        except ApplicationParamError as exc:
+            for field, message in exc.errors.items():
+                self.add_error(field if field in self.fields else None, message)
+            return data
+        data.update(clean)
+        if not data.get("answer_url"):
+            self.add_error("answer_url", "is required")
+        return data
+
+
+@admin.register(Application)
+class ApplicationAdmin(admin.ModelAdmin):
+    form = ApplicationForm
+    list_display = ("app_name", "app_id", "account", "answer", "hangup", "default_number_app", "created_utc")
+    list_filter = ("default_number_app", "account")
+    list_select_related = ("account",)
+    search_fields = ("app_name", "app_id", "answer_url")
+    search_help_text = "Name, app ID or part of the answer URL"
+    ordering = ("-created_at", "-id")
+    readonly_fields = ("app_id", "created_utc")
+    fieldsets = (
+        (None, {"fields": ("account", "app_name", "app_id", "default_number_app", "created_utc")}),
+        (
+            "Call flow",
+            {
+                "fields": (
+                    "answer_url",
+                    "answer_method",
+                    "fallback_answer_url",
+                    "fallback_method",
+                    "hangup_url",
+                    "hangup_method",
+                )
+            },
+        ),
+        (
+            "Stored for Plivo compatibility (not used by the hub)",
+            {
+                "classes": ("collapse",),
+                "fields": (
+                    "message_url",
+                    "message_method",
+                    "default_endpoint_app",
+                    "public_uri",
+                    "log_incoming_messages",
+                    "subaccount",
+                ),
+            },
+        ),
+    )
+    actions = ("mark_default",)
+
+    @admin.display(description="answer URL", ordering="answer_url")
+    def answer(self, obj: Application) -> str:
+        return format_html(
+            '<span title="{}">{} {}</span>', obj.answer_url, obj.answer_method, truncate(obj.answer_url, 40)
+        )
+
+    @admin.display(description="hangup URL", ordering="hangup_url")
+    def hangup(self, obj: Application) -> str:
+        if not obj.hangup_url:
+            return "—"
+        return format_html(
+            '<span title="{}">{} {}</span>', obj.hangup_url, obj.hangup_method, truncate(obj.hangup_url, 40)
+        )
+
+    @admin.display(description="created (UTC)", ordering="created_at")
+    def created_utc(self, obj: Application) -> str:
+        return utc(obj.created_at)
+
+    def save_model(self, request: HttpRequest, obj: Application, form: Any, change: bool) -> None:
+        services.application_save(application=obj)  # the one default per account
+
+    @admin.action(description="Mark as its account's default application", permissions=["change"])
+    def mark_default(self, request: HttpRequest, queryset: QuerySet[Application]) -> None:
+        apps = list(queryset.select_related("account"))
+        if len({app.account_id for app in apps}) != len(apps):
+            self.message_user(
+                request, "An account has one default application: select one per account.", messages.ERROR
+            )
+            return
+        for app in apps:
+            app.default_number_app = True
+            services.application_save(application=app)
+            self.log_change(request, app, "Marked as the account's default application")
+        self.message_user(
+            request,
+            f"Marked {admin_views.plural(len(apps), 'application')} as the default of "
+            f"{'its account' if len(apps) == 1 else 'their accounts'}: "
+            f"{admin_views.describe([app.app_name for app in apps])}.",
+            messages.SUCCESS,
+        )
+
+
 # --- hub processes ---------------------------------------------------------------------------
 
 
@@ -211,6 +351,8 @@ class CallAdmin(ReadOnlyRecordAdmin):
         "gateway",
         "gateway_metadata",
         "server_id",
+        "application_link",
+        "hangup_cause",
     )
     readonly_fields = fields
     inlines = (StreamInline,)
@@ -236,6 +378,19 @@ class CallAdmin(ReadOnlyRecordAdmin):
     @admin.display(boolean=True, description="live", ordering="status")
     def live(self, obj: Call) -> bool:
         return obj.status == Call.Status.LIVE
+
+    @admin.display(description="application")
+    def application_link(self, obj: Call) -> str:
+        if obj.application is None:
+            return "—"
+        url = reverse("admin:streams_application_change", args=[obj.application_id])
+        return link(url, f"{obj.application.app_name} ({obj.application.app_id})")
+
+    @admin.display(description="hangup cause")
+    def hangup_cause(self, obj: Call) -> str:
+        if not obj.hangup_cause_name:
+            return "—"
+        return f"{obj.hangup_cause_name}: {obj.hangup_detail}" if obj.hangup_detail else obj.hangup_cause_name
 
     @admin.display(description="started (UTC)", ordering="started_at")
     def started_utc(self, obj: Call) -> str:
@@ -265,6 +420,7 @@ class CallAdmin(ReadOnlyRecordAdmin):
             "can_act": self.has_change_permission(request),
             "start_stream_url": reverse("admin:streams_call_start_stream", args=[object_id]),
             "hangup_url": reverse("admin:streams_call_hangup", args=[object_id]),
+            **admin_views.call_page_context(object_id),
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra_context=context)

@@ -32,6 +32,7 @@ from django.utils.safestring import SafeString, mark_safe
 from callbacks.models import CallbackAttempt, CallbackDelivery
 from callbacks.publish import queue_delivery
 from streams import services
+from streams.console.base import MAX_PK_DIGITS, parse_uuid
 from streams.core import timeline
 from streams.core.validation import (
     AUDIO_TRACKS,
@@ -40,7 +41,7 @@ from streams.core.validation import (
     StreamParamError,
     validate_stream_params,
 )
-from streams.models import Call, Stream, StreamEvent
+from streams.models import Call, CallEvent, Stream, StreamEvent
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin
@@ -83,7 +84,7 @@ def param_pairs(params: object) -> list[tuple[str, str]]:
 class LogRow:
     """One StreamEvent as the console shows it."""
 
-    event: StreamEvent
+    event: StreamEvent | CallEvent
     time: str
     offset: str
     params: list[tuple[str, str]]
@@ -170,6 +171,41 @@ def noise_summary(stream: Stream) -> str:
         if key.endswith("OutputLevelDb")
     )
     return f"{text}; {ended.get('Frames')} frames suppressed" + (f", output against input: {levels}" if levels else "")
+
+
+def call_page_context(object_id: str) -> dict[str, Any]:
+    """The call page's debug log (its application's requests and steps) and its hangup request."""
+    # the console's call pages answer to the pk and to the call UUID alike
+    text = str(object_id).strip()
+    exact = parse_uuid(text)
+    if text.isascii() and text.isdigit() and len(text) <= MAX_PK_DIGITS:
+        call = Call.objects.filter(pk=text).first()
+    else:
+        call = Call.objects.filter(call_uuid=exact).first() if exact is not None else None
+    if call is None:
+        return {}
+    events = list(CallEvent.objects.filter(call=call).order_by("timestamp", "id")[: EVENTS_PER_LOG_PAGE + 1])
+    rows = [
+        LogRow(
+            event=event,
+            time=utc(event.timestamp, millis=True),
+            offset="+" + timeline.format_offset(offset_seconds(call.started_at, event.timestamp)),
+            params=param_pairs(event.params),
+        )
+        for event in events[:EVENTS_PER_LOG_PAGE]
+    ]
+    deliveries = list(
+        CallbackDelivery.objects.filter(call=call)
+        .order_by("id")
+        .prefetch_related(Prefetch("attempts", queryset=CallbackAttempt.objects.order_by("number")))
+    )
+    return {
+        "call_log": rows,
+        "call_log_truncated": len(events) > EVENTS_PER_LOG_PAGE,
+        "call_log_limit": EVENTS_PER_LOG_PAGE,
+        "call_deliveries": deliveries,
+        "has_application": call.application_id is not None or bool(rows) or bool(deliveries),
+    }
 
 
 def stream_page_context(stream: Stream) -> dict[str, Any]:

@@ -28,7 +28,7 @@ MAX_COMMAND_BYTES = 128  # chan_websocket MAX_TEXT_MESSAGE_LEN: longer TEXT is d
 MAX_EVENT_CHARS = 64 * 1024  # MEDIA_START carries every channel variable
 MAX_RAW_VALUE = 2048
 
-CALL_KEYS = ("callId", "from", "to", "direction")
+CALL_KEYS = ("callId", "from", "to", "direction", "appId", "forwardedFrom", "aLegUUID", "aLegRequestUUID", "callerName")
 # One stream requested in the query string uses the <Stream> attribute names (decision in the spec).
 STREAM_KEYS = tuple(spellings[-1] for spellings in FIELD_NAMES.values())
 SECRET_KEYS = frozenset({"token"})

@@ -56,8 +56,26 @@ def parse_gateway_metadata(text: str, *, defaults: dict[str, str] | None = None)
     return meta
 
 
+# Plivo request parameters a gateway may hand on to the application, under either spelling
+PLIVO_PARAM_KEYS = {
+    "ForwardedFrom": "ForwardedFrom",
+    "forwardedFrom": "ForwardedFrom",
+    "ALegUUID": "ALegUUID",
+    "aLegUUID": "ALegUUID",
+    "ALegRequestUUID": "ALegRequestUUID",
+    "aLegRequestUUID": "ALegRequestUUID",
+    "CallerName": "CallerName",
+    "callerName": "CallerName",
+}
+
+
 def _apply(meta: GatewayMetadata, key: str, value: Any) -> None:
-    if key in ("callId", "callSid", "call_id", "callUUID"):
+    if key in ("appId", "app_id"):
+        meta.app_id = _text(value, 20).strip()
+    elif key in PLIVO_PARAM_KEYS:
+        if _text(value):
+            meta.plivo_params[PLIVO_PARAM_KEYS[key]] = _text(value, 200)
+    elif key in ("callId", "callSid", "call_id", "callUUID"):
         if _text(value):
             meta.call_id = _text(value, 200)
     elif key == "from":

@@ -21,6 +21,9 @@ class GatewayMetadata:
     sample_rate: int = 8000
     mix_type: str = "mono"
     streams: list[dict[str, Any]] = field(default_factory=list)
+    app_id: str = ""  # the Plivo application to run (gateway metadata or query `appId`)
+    # Plivo request parameters the gateway knows and the application should hear (ForwardedFrom, …)
+    plivo_params: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] | str = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     # Can the gateway play the hub's audio into the call? None: it did not say (the framing decides;

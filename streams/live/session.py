@@ -28,6 +28,7 @@ from streams.core.gateway import GatewayMetadata, gateway_error
 from streams.core.playback import Pacer, PlaybackQueue, Played
 from streams.core.validation import StreamParamError, validate_stream_params
 from streams.live.admission import admission
+from streams.live.application import ApplicationRunner
 from streams.live.dbasync import db_async
 from streams.live.relay import StreamRelay, redact_url
 from streams.models import Account, Call, Stream
@@ -91,6 +92,8 @@ class CallSession:
         self.playback_paused = False
         self._marks: dict[str, tuple[str, str]] = {}  # correlation id -> (stream id, checkpoint name)
         self._mark_seq = 0
+        self.audio_since = time.time()  # when the call's audio began (an application's first streams get it all)
+        self.application: ApplicationRunner | None = None
 
     # --- setup ------------------------------------------------------------------------
 
@@ -107,12 +110,15 @@ class CallSession:
         group there), so a stream started over REST meanwhile is not missed.
         """
         self.set_format(rate=meta.sample_rate, channels=meta.channels)
+        self.audio_since = time.time()
         self.call = await db_async(_open_call)(account=self.account, meta=meta, gateway=self.gateway)
         registry.add(self)
         if joined is not None:
             await joined()
         for error in meta.errors:
             await self.link.send_text(gateway_error(error))
+        if self.call.application is not None or meta.app_id:
+            self._run_application(meta.app_id)
         for index, entry in enumerate(meta.streams):
             try:
                 params = validate_stream_params(
@@ -138,17 +144,55 @@ class CallSession:
             self.add_relay(stream)
         return self.call
 
-    def add_relay(self, stream: Stream, *, backfill: bool = False) -> None:
+    def add_relay(
+        self, stream: Stream, *, backfill: bool = False, backfill_since: float | None = None
+    ) -> StreamRelay | None:
         key = str(stream.stream_id)
         if key in self.relays or self.ended:
-            return
+            return self.relays.get(key)
         relay = StreamRelay(session=self, stream=stream, gateway_rate=self.rate)
-        if backfill:
+        if backfill_since is not None:
+            self._backfill_since(relay, backfill_since)
+        elif backfill:
             self._backfill(relay, stream)
         self.relays[key] = relay
         self._relay_list = tuple(self.relays.values())
         relay.start()
         log.info("call %s: stream %s → %s", stream.call.call_uuid, key, redact_url(stream.service_url))
+        return relay
+
+    # --- the call's application (streams.live.application) --------------------------------
+
+    def _run_application(self, app_id: str) -> None:
+        """Run the call's application; until its first streams exist, keep all the call's audio."""
+        assert self.call is not None
+        frames = math.ceil(settings.STREAMHUB_STREAM_BUFFER_SECONDS / 0.020)
+        self._recent_in = deque(self._recent_in, maxlen=frames)
+        self._recent_out = deque(self._recent_out, maxlen=frames)
+        self.application = ApplicationRunner(
+            host=self, call=self.call, application=self.call.application, app_id=app_id
+        )
+        self._spawn(self.application.run())
+
+    def end_preanswer(self) -> None:
+        if self._recent_in.maxlen != RECENT_FRAMES:
+            self._recent_in = deque(self._recent_in, maxlen=RECENT_FRAMES)
+            self._recent_out = deque(self._recent_out, maxlen=RECENT_FRAMES)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        return self._spawn(coro)
+
+    def _backfill_since(self, relay: StreamRelay, since: float) -> None:
+        """The call's audio from `since` (kept while the answer URL was fetched) goes to the stream
+        first, as if it had existed then; its clock starts with that audio (D2, D8)."""
+        now = time.time()
+        frames = min(len(self._recent_in), math.ceil(max(0.0, now - since) / 0.020))
+        if not frames:
+            return
+        relay.backdate(max(since, now - frames * 0.020))
+        recent = zip(list(self._recent_in)[-frames:], list(self._recent_out)[-frames:], strict=True)
+        for inbound, outbound in recent:
+            relay.on_audio(inbound, outbound, False)
 
     async def start_stream(self, stream_id: str) -> None:
         """A stream created elsewhere (REST, admin) on this call: dial it from here."""
@@ -413,10 +457,24 @@ class CallSession:
 
 
 def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str) -> Call:
-    """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one."""
+    """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one.
+
+    The call's application is chosen here too (services.application_for_call); a named app
+    that is not the account's leaves the call without one (the runner reports it).
+    """
     metadata: dict[str, Any] = {"raw": meta.raw, "sampleRate": meta.sample_rate, "mixType": meta.mix_type}
     # read by services.stream_create: a call whose gateway cannot play audio gets no bidirectional stream
     metadata.update(playback=meta.playback is not False, playbackNote=meta.playback_note)
+    if meta.plivo_params:
+        metadata["plivo"] = meta.plivo_params
+    try:
+        application = services.application_for_call(
+            account=account, app_id=meta.app_id, wants_streams=bool(meta.streams)
+        )
+    except services.ApplicationNotFound:
+        application = None
+    if meta.app_id:
+        metadata["appId"] = meta.app_id
     candidate: uuid.UUID | None = None
     if meta.call_id:
         metadata["gateway_call_id"] = meta.call_id
@@ -431,6 +489,7 @@ def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str) -> Call
         "direction": meta.direction,
         "gateway": gateway,
         "metadata": metadata,
+        "application": application,
     }
     if candidate is not None and not Call.objects.filter(call_uuid=candidate).exists():
         try:

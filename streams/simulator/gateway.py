@@ -77,6 +77,7 @@ class Plan:
     dtmf: list[tuple[float, str]]
     tail: float
     quiet: float
+    app_id: str | None = None  # run the account's application (its answer URL's XML starts the streams)
 
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -89,6 +90,8 @@ class Plan:
         }
         if self.via == "metadata" and self.streams:
             meta["streams"] = [stream.as_metadata() for stream in self.streams]
+        if self.app_id:
+            meta["appId"] = self.app_id
         return meta
 
 

@@ -62,6 +62,14 @@ class HubApi:
             raise ApiUnavailable(f"GET call: HTTP {response.status_code} {self._error(response)}")
         return dict(response.json())
 
+    def application(self, app_id: str) -> dict[str, Any] | None:
+        response = self._request("GET", self._url("Application", app_id))
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ApiUnavailable(f"GET application: HTTP {response.status_code} {self._error(response)}")
+        return dict(response.json())
+
     def start_stream(self, call_uuid: str, body: dict[str, Any]) -> str:
         response = self._request("POST", self._url("Call", call_uuid, "Stream"), json=body)
         if response.status_code != 201:

@@ -111,7 +111,14 @@ def test_operator_groups_are_created_with_exactly_their_permissions() -> None:
     viewers = {p.codename for p in Group.objects.get(name=VIEWERS).permissions.all()}
     operators = {p.codename for p in Group.objects.get(name=OPERATORS).permissions.all()}
     assert viewers and all(code.startswith("view_") for code in viewers)
-    assert operators - viewers == {"change_call", "change_stream", "change_callbackdelivery"}
+    assert operators - viewers == {
+        "change_call",
+        "change_stream",
+        "change_callbackdelivery",
+        "add_application",
+        "change_application",
+        "delete_application",
+    }
     assert Group.objects.filter(name__in=[VIEWERS, OPERATORS]).count() == 2
 
 

@@ -172,3 +172,32 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
     assert returncode == 130, demo.output
     assert "all demo processes stopped" in demo.output
     assert_nothing_left(demo.pgid, demo.marker)
+
+
+def test_the_demo_runs_the_call_through_a_plivo_application(tmp_path: Path) -> None:
+    demo = Demo(tmp_path, "--once", "--via", "app", "--speed", "2")
+    try:
+        returncode = demo.popen.wait(timeout=150)  # one more process than the plain demo; CI shares the cores
+    finally:
+        demo.kill()
+    output = demo.output
+    assert returncode == 0, output
+    assert_nothing_left(demo.pgid, demo.marker)
+
+    stream = Stream.objects.select_related("call__application").get()
+    app = stream.call.application
+    assert app is not None and app.answer_url.endswith("/answer") and app.hangup_url.endswith("/hangup")
+    # the XML the example built with plivoxml: a bidirectional mu-law stream to the echo bot
+    assert stream.bidirectional and stream.keep_call_alive and stream.content_type == "audio/x-mulaw;rate=8000"
+    assert stream.call.hangup_cause_name == "Normal Hangup"
+    hangup = CallbackDelivery.objects.get(call=stream.call)
+    assert hangup.state == CallbackDelivery.State.DELIVERED
+    requests = [
+        json.loads(line.split(" ", 1)[1])
+        for line in demo.log("answer_app").splitlines()
+        if line.startswith(("answer {", "hangup {"))
+    ]
+    assert [(r["params"]["Event"], r["valid"]) for r in requests] == [("StartApp", True), ("Hangup", True)]
+    assert requests[1]["params"]["CallUUID"] == str(stream.call.call_uuid)
+    assert f"application {app.app_id}" in output and "source=Caller" in output
+    assert '"event":"playedStream"' in demo.log("echo_bot")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
 import struct
 import subprocess
@@ -122,3 +123,74 @@ async def test_it_streams_stereo_44k_as_16k_starts_the_stream_through_the_api_an
     assert "hangup reason              Call hangup" in out
     assert "billed amount              0.00300" in out
     assert f"/admin/streams/stream/{stream.pk}/change/" in out
+
+
+async def test_it_runs_an_application_and_refuses_one_the_account_does_not_have(
+    hub: Proc, account: Account, other_account: Account, tmp_path: Path
+) -> None:
+    from plivo import plivoxml
+
+    from streams.models import Application
+    from tests.callbacks.receiver import Reply, running_receiver
+
+    wav = write_wav(tmp_path / "call.wav", [int(4000 * math.sin(i / 5)) for i in range(8000)], rate=8000, channels=1)
+    creds = ["--auth-id", account.auth_id, "--auth-token", account.auth_token]
+    theirs = await db(Application.objects.create)(account=other_account, app_name="x", answer_url="http://127.0.0.1:9/")
+    refused = await asyncio.create_subprocess_exec(
+        *simulate(str(wav), "--hub", hub.ws, *creds, "--app", theirs.app_id),
+        cwd=ROOT,
+        env=server_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(refused.communicate(), 60)
+    assert refused.returncode == 1
+    assert err.decode().strip().endswith(f"--app {theirs.app_id}: no such application on account {account.auth_id}")
+
+    async with Customer() as customer:
+        xml = plivoxml.ResponseElement().add(plivoxml.StreamElement(customer.url, keepCallAlive=True)).to_string()
+        with running_receiver() as receiver:
+            url = receiver.url(
+                "/answer", account.auth_token, default=Reply(200, {"Content-Type": "text/xml"}, xml.encode())
+            )
+            app = await db(Application.objects.create)(account=account, app_name="bot", answer_url=url)
+            proc = await asyncio.create_subprocess_exec(
+                *simulate(str(wav), "--hub", hub.ws, *creds, "--app", app.app_id, "--tail", "1"),
+                cwd=ROOT,
+                env=server_env(),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert f"(application {app.app_id}, speed 1)" in text and f"→ {customer.url}" in text
+    stream = await db(lambda: Stream.objects.select_related("call").get(call__application=app))()
+    assert stream.service_url == customer.url and stream.hangup_reason == "Call hangup"
+
+
+def test_create_application_prints_the_app_id_and_applies_the_apis_rules(account: Account) -> None:
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    from streams.models import Application
+
+    out = StringIO()
+    call_command(
+        "create_application",
+        account.auth_id,
+        "Echo bot",
+        "--answer-url",
+        "http://127.0.0.1:8767/answer",
+        "--default",
+        stdout=out,
+    )
+    created = json.loads(out.getvalue())
+    app = Application.objects.get(app_id=created["app_id"])
+    assert (app.account, app.app_name, app.default_number_app) == (account, "Echo bot", True)
+    assert app.hangup_url == "http://127.0.0.1:8767/answer"
+    with pytest.raises(CommandError, match="answer_url: must be an http"):
+        call_command("create_application", account.auth_id, "x", "--answer-url", "wss://nope")
+    with pytest.raises(CommandError, match="no account MAXX"):
+        call_command("create_application", "MAXX", "x", "--answer-url", "http://a/")

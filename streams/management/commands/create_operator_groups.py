@@ -1,8 +1,9 @@
 """manage.py create_operator_groups: the console's two staff groups, with exactly these permissions.
 
 "Stream console viewers" can look at everything (view permissions only) and act on nothing.
-"Stream console operators" may also stop streams, start streams and hang up calls, and redeliver
-callbacks (change permissions on stream, call and callback delivery). Rotating account tokens
+"Stream console operators" may also stop streams, start streams and hang up calls, redeliver
+callbacks (change permissions on stream, call and callback delivery), and add, edit, mark as
+default and delete applications. Rotating account tokens
 stays with superusers, or with whoever is given streams.change_account by hand.
 Running it again resets both groups to these lists.
 """
@@ -22,10 +23,18 @@ VIEW = [
     "streams.view_call",
     "streams.view_stream",
     "streams.view_streamevent",
+    "streams.view_application",
     "callbacks.view_callbackdelivery",
     "callbacks.view_callbackattempt",
 ]
-ACT = ["streams.change_call", "streams.change_stream", "callbacks.change_callbackdelivery"]
+ACT = [
+    "streams.change_call",
+    "streams.change_stream",
+    "callbacks.change_callbackdelivery",
+    "streams.add_application",
+    "streams.change_application",
+    "streams.delete_application",
+]
 GROUPS = {VIEWERS: VIEW, OPERATORS: VIEW + ACT}
 
 

@@ -8,6 +8,10 @@ TEXT `{"event":"dtmf",…}` at the given audio times. With `--via api` the strea
 started through the REST API instead, and the audio begins once they are connected, so
 the service hears all of it.
 
+With `--app APP_ID` the call runs the account's Plivo application instead (metadata
+`appId`): the hub requests its answer URL and the Plivo XML it returns starts the streams;
+the hub hangs up when the document ends, as Plivo does.
+
 What the hub plays back (bidirectional streams) is recorded on its timeline into
 `--record`. After the WAV the call stays up, sending silence as a real call would, until
 the hub has been quiet for `--quiet` seconds (the bot has answered) or `--tail` seconds
@@ -90,6 +94,11 @@ class Command(BaseCommand):
         parser.add_argument("--from", dest="from_number", default="+15550100", help="caller number")
         parser.add_argument("--to", dest="to_number", default="+15550199", help="called number")
         parser.add_argument("--rate", type=int, choices=(8000, 16000), help="call sample rate (default: from the WAV)")
+        parser.add_argument(
+            "--app",
+            metavar="APP_ID",
+            help="run this application of the account: its answer URL's Plivo XML starts the streams",
+        )
         stream = parser.add_argument_group("streams to open (each --stream gets the options below)")
         stream.add_argument("--stream", action="append", default=[], metavar="URL", help="ws:// or wss:// service")
         stream.add_argument("--via", choices=("metadata", "api"), default="metadata", help="how to ask for them")
@@ -134,6 +143,13 @@ class Command(BaseCommand):
             raise SimulationError("give --auth-id and --auth-token (or $STREAMHUB_AUTH_ID and $STREAMHUB_AUTH_TOKEN)")
         ingest_url, http_base = hub_urls(options["hub"])
         api = HubApi(http_base, options["auth_id"], options["auth_token"])
+        if options["app"]:
+            try:
+                app = api.application(options["app"])
+            except ApiUnavailable:
+                app = {}  # connecting will say what is wrong
+            if app is None:
+                raise SimulationError(f"--app {options['app']}: no such application on account {options['auth_id']}")
         if options["call_id"]:
             try:
                 if api.call(options["call_id"]) is not None:
@@ -156,14 +172,16 @@ class Command(BaseCommand):
             dtmf=options["dtmf"],
             tail=max(0.0, options["tail"]),
             quiet=max(0.0, options["quiet"]),
+            app_id=options["app"],
         )
         tty = self.stdout.isatty()
         # The bar redraws with "\r", which Django's OutputWrapper would end with a newline.
         out: TextIO = sys.stdout if tty else cast(TextIO, self.stdout._out)
         mix = "stereo" if clip.channels == 2 else "mono"
+        asks = f"application {plan.app_id}" if plan.app_id else f"{len(plan.streams)} stream(s) via {plan.via}"
         self.stdout.write(
             f"call {plan.call_uuid}: {clip.seconds:.1f} s from {path.name} at {clip.rate} Hz {mix} "
-            f"→ {ingest_url} ({len(plan.streams)} stream(s) via {plan.via}, speed {plan.speed:g})"
+            f"→ {ingest_url} ({asks}, speed {plan.speed:g})"
         )
         console = Console(out, tty=tty, total=clip.seconds)
         outcome = run_interruptibly(CallSimulator(plan, console, api))

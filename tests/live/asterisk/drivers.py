@@ -24,9 +24,16 @@ class GatewayDriver(Protocol):
     has_dtmf_command: bool  # can the hub make this gateway play DTMF?
 
     async def open(
-        self, streams: list[dict[str, Any]], *, call_id: str = "", caller: str = "", callee: str = ""
+        self,
+        streams: list[dict[str, Any]],
+        *,
+        call_id: str = "",
+        caller: str = "",
+        callee: str = "",
+        extra: dict[str, str] | None = None,
     ) -> None:
-        """Dial the hub for a call asking for these streams (<Stream> attribute names)."""
+        """Dial the hub for a call asking for these streams (<Stream> attribute names);
+        `extra` are more call metadata (e.g. appId): the JSON metadata or the v() pairs."""
 
     async def talk(self, pcm: bytes, *, interval: float = 0.02) -> None:
         """Caller audio, 8 kHz 16-bit LE mono, one 20 ms frame per interval."""
@@ -56,10 +63,17 @@ class AudioForkDriver:
         self.gw = TimedGateway(f"{hub.ws}/ingest/audio-fork", basic_auth(account.auth_id, account.auth_token))
 
     async def open(
-        self, streams: list[dict[str, Any]], *, call_id: str = "", caller: str = "", callee: str = ""
+        self,
+        streams: list[dict[str, Any]],
+        *,
+        call_id: str = "",
+        caller: str = "",
+        callee: str = "",
+        extra: dict[str, str] | None = None,
     ) -> None:
         meta: dict[str, Any] = {"streams": streams}
         meta.update({k: v for k, v in (("callId", call_id), ("from", caller), ("to", callee)) if v})
+        meta.update(extra or {})
         await self.gw.open(meta)
 
     async def talk(self, pcm: bytes, *, interval: float = 0.02) -> None:
@@ -96,9 +110,16 @@ class AsteriskDriver:
         self.fake: FakeAsterisk | None = None
 
     async def open(
-        self, streams: list[dict[str, Any]], *, call_id: str = "", caller: str = "", callee: str = ""
+        self,
+        streams: list[dict[str, Any]],
+        *,
+        call_id: str = "",
+        caller: str = "",
+        callee: str = "",
+        extra: dict[str, str] | None = None,
     ) -> None:
         params = {k: v for k, v in (("callId", call_id), ("from", caller), ("to", callee)) if v}
+        params.update(extra or {})
         if len(streams) == 1:  # one stream: its <Stream> attributes as v() pairs
             params.update({k: _attr(v) for k, v in streams[0].items()})
         elif streams:
