@@ -34,7 +34,7 @@ _vars: dict[str, contextvars.ContextVar[str | None]] = {
 
 REDACTED = "[redacted]"
 _SECRET_PARAM = re.compile(
-    r"(?i)((?:^|[?&;\s\"'])(?:[a-z0-9_.-]*(?:token|secret|password|passwd|pwd|signature|sig|key|auth))=)"
+    r"(?i)((?:^|[?&;\s\"'])(?:[a-z0-9_.-]*(?:token|secret|password|passwd|pwd|signature|sig|key|auth)(?:-v\d+)?)=)"
     r"[^&\s\"'#;]+"
 )
 # credentials are long (base64 of id:token, bearer tokens): "Basic auth failed" stays readable
