@@ -40,6 +40,13 @@ latency = Histogram(
     registry=None,
 )
 
+# Every series exists from the start (at 0), so dashboards and rate() see it before its first event.
+EVENTS = ("StartStream", "StopStream", "DroppedStream", "DegradedStream")  # services.CALLBACK_EVENTS
+for _event in EVENTS:
+    latency.labels(_event)
+    for _outcome in ("delivered", "retry", "failed"):
+        deliveries.labels(_event, _outcome)
+
 
 def outcome(decision: retry.Decision) -> str:
     """As `services._finish` applies the decision: a retry with no time left is a failure."""
