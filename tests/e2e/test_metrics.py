@@ -8,6 +8,7 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -181,3 +182,27 @@ def test_a_metrics_token_closes_the_hub_and_the_worker_endpoints(
         assert right.status_code == 200 and "streamhub_" in right.text
         assert right.headers["Content-Type"].startswith("text/plain")
     assert token not in hub.log()
+
+
+def test_a_prefork_worker_adds_up_its_childrens_counts_in_multiprocess_mode(
+    worker_factory: Callable[..., Proc], account: Account, receiver: Receiver, tmp_path: Path
+) -> None:
+    from tests.callbacks.conftest import started_stream
+
+    metrics_dir = tmp_path / "prometheus-multiproc"
+    metrics_dir.mkdir()
+    port = free_port()
+    worker_factory(pool="prefork", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), STREAMHUB_WORKER_METRICS_PORT=port)
+    for _ in range(3):
+        started_stream(account, receiver.url("/prefork", account.auth_token))
+    receiver.wait(lambda: len(receiver.acknowledged) == 3, 30, "three StartStream callbacks")
+
+    def counted() -> Samples | None:
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        done = metric(samples, "streamhub_callback_deliveries_total", event="StartStream", outcome="delivered")
+        return samples if done == 3 else None
+
+    samples = asyncio.run(eventually(counted, timeout=15))
+    assert metric(samples, "streamhub_callback_delivery_latency_seconds_count", event="StartStream") == 3
+    assert metric(samples, "streamhub_callback_outbox", state="pending") == 0
+    assert list(metrics_dir.glob("*.db"))  # the children counted in files there
