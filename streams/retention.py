@@ -72,7 +72,7 @@ def cutoff(now: datetime, days: float) -> datetime | None:
     return now - timedelta(days=days) if days > 0 else None
 
 
-def live_streams() -> QuerySet[Stream]:
+def live_streams() -> QuerySet[Stream, Any]:
     """The streams of live calls (a few hundred rows at most): their rows are never deleted.
 
     A subquery (NOT IN, hashed by PostgreSQL), not a join: the batch query then walks the
