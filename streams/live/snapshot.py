@@ -35,7 +35,7 @@ def snapshot() -> dict[str, Any]:
 
 
 async def publish_forever() -> None:
-    published_empty = False
+    published_empty = True  # a process that never holds a call never writes
     while True:
         await asyncio.sleep(settings.STREAMHUB_LIVE_SNAPSHOT_SECONDS)
         current = snapshot()
