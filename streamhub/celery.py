@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_init
+from celery.signals import celeryd_init, setup_logging, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "streamhub.settings")
 
@@ -22,6 +22,15 @@ def _logging(**kwargs: Any) -> None:
     from django.conf import settings
 
     logging.config.dictConfig(settings.LOGGING)
+
+
+@celeryd_init.connect  # type: ignore[untyped-decorator]
+def _json_only(instance: Any = None, **kwargs: Any) -> None:
+    """With JSON logs, every line on the output is JSON: no startup banner (printed, not logged)."""
+    from django.conf import settings
+
+    if settings.STREAMHUB_LOG_FORMAT == "json" and instance is not None:
+        instance.quiet = True
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]

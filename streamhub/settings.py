@@ -7,6 +7,7 @@ DATABASE_URL (PostgreSQL) and REDIS_URL (channels-redis + Celery broker).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -121,6 +122,8 @@ STATIC_ROOT = DATA_DIR / "static"
 # (streamhub/logs.py). Both formats redact credentials. The Celery worker and beat use the same config.
 STREAMHUB_LOG_FORMAT = env_choice("STREAMHUB_LOG_FORMAT", default="text", choices=("text", "json"))
 LOGGING = logging_config(fmt=STREAMHUB_LOG_FORMAT, level=os.getenv("STREAMHUB_LOG_LEVEL", "INFO"))
+if STREAMHUB_LOG_FORMAT == "json":
+    logging.captureWarnings(True)  # Python warnings become log records (JSON lines) too
 
 # --- Django REST framework -------------------------------------------------------
 REST_FRAMEWORK = {

@@ -103,7 +103,7 @@ def json_lines(proc: Proc) -> list[dict[str, object]]:
 def test_json_logs_of_a_real_hub_and_worker_carry_the_ids_and_no_secret(
     hub_factory: Callable[..., Proc], worker_factory: Callable[..., Proc], account: Account, receiver: Receiver
 ) -> None:
-    hub = hub_factory(STREAMHUB_LOG_FORMAT="json")
+    hub = hub_factory(STREAMHUB_LOG_FORMAT="json", server="uvicorn")  # the production server; its access log too
     worker = worker_factory(STREAMHUB_LOG_FORMAT="json")
     call_id = str(uuid.uuid4())
     service = f"ws://127.0.0.1:{free_port()}/ws?token=service-secret-123"  # refused: logged per attempt
@@ -117,16 +117,19 @@ def test_json_logs_of_a_real_hub_and_worker_carry_the_ids_and_no_secret(
 
     asyncio.run(call())
     receiver.wait(lambda: len(receiver.acknowledged) >= 1, 30, "the DroppedStream callback")
-    deadline_lines = lambda: [e for e in json_lines(worker) if "callback" in str(e["message"])]  # noqa: E731
-    asyncio.run(eventually(deadline_lines, timeout=15))
+
+    def delivery_lines() -> list[dict[str, object]]:
+        return [e for e in json_lines(worker) if str(e["message"]).startswith("callback ")]
+
+    asyncio.run(eventually(delivery_lines, timeout=15))
 
     hub_entries = json_lines(hub)
-    attempts = [e for e in hub_entries if "attempt" in str(e["message"])]
+    attempts = [e for e in hub_entries if ": attempt " in str(e["message"])]
     assert len(attempts) == 3
     for entry in attempts:
         assert entry["call_uuid"] == call_id and entry["account"] == account.auth_id
         assert entry["stream_id"] and entry["level"] == "INFO" and entry["logger"] == "streams.live.relay"
-    sent = [e for e in json_lines(worker) if str(e["message"]).startswith("callback ")]
+    sent = delivery_lines()
     assert sent and sent[0]["event"] == "DroppedStream" and sent[0]["call_uuid"] == call_id
     assert sent[0]["stream_id"] == attempts[0]["stream_id"] and sent[0]["account"] == account.auth_id
     assert any("ready" in str(e["message"]) for e in json_lines(worker))
