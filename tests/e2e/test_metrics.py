@@ -166,6 +166,31 @@ async def test_refusals_connect_failures_and_drops_are_counted_by_cause(
     assert delta(after, before, "streamhub_customer_frames_total") == 0
 
 
+async def test_a_consumer_that_never_reads_counts_degraded_notices_and_a_slow_consumer_drop(
+    hub_factory: Callable[..., Proc], account: Account
+) -> None:
+    hub = hub_factory(STREAMHUB_STREAM_BUFFER_SECONDS="3")
+    before = scrape(f"{hub.http}/metrics")
+    async with Customer(never_read=True) as stuck:
+        gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": stuck.url}]})
+        await eventually(lambda: stuck.attempts == 1)
+        await gw.send_frames(tone(12000), interval=0.002)  # 12 s of audio, faster than real time
+
+        def dropped() -> bool:
+            return Stream.objects.filter(account=account, end_time__isnull=False).exists()
+
+        await eventually(db(dropped), timeout=20)
+        await gw.close()
+    after = await eventually(
+        lambda: (lambda s: s if metric(s, "streamhub_live_calls") == 0 else None)(scrape(f"{hub.http}/metrics")),
+        timeout=15,
+    )
+    for usage in ("30", "60", "90"):
+        assert delta(after, before, "streamhub_degraded_streams_total", usage=usage) == 1
+    assert delta(after, before, "streamhub_dropped_streams_total", cause="slow_consumer") == 1
+    assert delta(after, before, "streamhub_stream_ends_total", reason="Connection error") == 1
+
+
 def test_a_metrics_token_closes_the_hub_and_the_worker_endpoints(
     hub_factory: Callable[..., Proc], worker_factory: Callable[..., Proc]
 ) -> None:
