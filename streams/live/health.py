@@ -3,7 +3,8 @@
 /readyz is 503 when this process should get no new calls: at its call capacity, its event
 loop lagging past STREAMHUB_READY_MAX_LOOP_LAG_SECONDS (overloaded), the database
 unreachable, or Redis unreachable when REDIS_URL is set (no control messages, no
-callbacks). The database and Redis answers are cached for CHECK_TTL seconds, so a load
+callbacks). The lag is `looplag.sustained_lag()`: late on most ticks of the last second, not
+on one. The database and Redis answers are cached for CHECK_TTL seconds, so a load
 balancer probing every second costs at most one query and one PING per second.
 """
 
@@ -76,7 +77,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 def readyz(request: HttpRequest) -> JsonResponse:
     live, limit = admission.live, admission.limit
-    lag = looplag.current_lag()
+    lag = looplag.sustained_lag()
     max_lag = settings.STREAMHUB_READY_MAX_LOOP_LAG_SECONDS
     database = database_check()
     redis_state = redis_check() if settings.REDIS_URL else "not configured"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -38,6 +39,28 @@ def test_loop_lag_is_how_late_the_ticker_woke_and_counts_an_overdue_tick() -> No
     assert seen == [pytest.approx(0.0004), pytest.approx(1.0)]
 
 
+def test_sustained_lag_ignores_one_late_tick_but_not_a_late_loop() -> None:
+    clock = FakeClock()
+    lag = looplag.LoopLag(clock)
+
+    def tick(late: float) -> None:
+        lag.tick_started(0.1)
+        clock.now += 0.1 + late
+        lag.tick_done()
+
+    tick(0.9)  # the first request imported the URL configuration on the loop
+    assert lag.current() == pytest.approx(0.9) and lag.sustained() == 0.0  # not enough ticks to judge
+    for _ in range(4):
+        tick(0.001)
+    assert lag.sustained() == pytest.approx(0.001)
+    for _ in range(10):
+        tick(0.6)  # overloaded: late on every tick
+    assert lag.sustained() == pytest.approx(0.6)
+    lag.tick_started(0.1)
+    clock.now += 5  # stuck right now
+    assert lag.sustained() == pytest.approx(4.9)
+
+
 def test_a_cached_check_probes_at_most_once_per_ttl_and_says_what_failed() -> None:
     clock = FakeClock()
     calls: list[int] = []
@@ -55,10 +78,13 @@ def test_a_cached_check_probes_at_most_once_per_ttl_and_says_what_failed() -> No
 
 @pytest.fixture
 def fresh_lag() -> Iterator[None]:
-    saved = looplag.lag.last, looplag.lag.due
+    saved = looplag.lag.last, looplag.lag.due, list(looplag.lag.recent)
     looplag.lag.last, looplag.lag.due = 0.0, None
+    looplag.lag.recent.clear()
     yield
-    looplag.lag.last, looplag.lag.due = saved
+    looplag.lag.last, looplag.lag.due = saved[:2]
+    looplag.lag.recent.clear()
+    looplag.lag.recent.extend(saved[2])
 
 
 @pytest.mark.django_db
@@ -70,7 +96,7 @@ def test_readyz_reports_database_redis_and_loop_lag_and_is_503_past_the_lag_thre
     from django.conf import settings
 
     assert body["redis"] == ("ok" if settings.REDIS_URL else "not configured")
-    looplag.lag.last = 0.8
+    looplag.lag.recent.extend([0.8] * looplag.RECENT_TICKS)
     with override_settings(STREAMHUB_READY_MAX_LOOP_LAG_SECONDS=0.5):
         response = client.get("/readyz")
     assert response.status_code == 503
@@ -84,9 +110,10 @@ def test_a_real_hub_lagging_past_its_threshold_is_not_ready(hub_factory: Callabl
     hub = hub_factory(STREAMHUB_READY_MAX_LOOP_LAG_SECONDS="0.000001")  # any real loop is later than 1 µs
     requests.get(f"{hub.http}/healthz", timeout=5)
     body = requests.get(f"{hub.http}/readyz", timeout=5)
-    for _ in range(20):  # the ticker starts with the first connection; give it a few ticks
+    for _ in range(40):  # the ticker starts with the first connection; readiness judges a few ticks
         if body.status_code == 503:
             break
+        time.sleep(0.1)
         body = requests.get(f"{hub.http}/readyz", timeout=5)
     assert body.status_code == 503
     assert body.json()["problems"][0].startswith("event loop lag")
