@@ -119,7 +119,10 @@ def test_json_logs_of_a_real_hub_and_worker_carry_the_ids_and_no_secret(
     receiver.wait(lambda: len(receiver.acknowledged) >= 1, 30, "the DroppedStream callback")
 
     def delivery_lines() -> list[dict[str, object]]:
-        return [e for e in json_lines(worker) if str(e["message"]).startswith("callback ")]
+        # this call's only (a worker on a shared broker may also finish an earlier test's deliveries)
+        return [
+            e for e in json_lines(worker) if str(e["message"]).startswith("callback ") and e.get("call_uuid") == call_id
+        ]
 
     asyncio.run(eventually(delivery_lines, timeout=15))
 
@@ -130,7 +133,7 @@ def test_json_logs_of_a_real_hub_and_worker_carry_the_ids_and_no_secret(
         assert entry["call_uuid"] == call_id and entry["account"] == account.auth_id
         assert entry["stream_id"] and entry["level"] == "INFO" and entry["logger"] == "streams.live.relay"
     sent = delivery_lines()
-    assert sent and sent[0]["event"] == "DroppedStream" and sent[0]["call_uuid"] == call_id
+    assert [e["event"] for e in sent] == ["DroppedStream"]
     assert sent[0]["stream_id"] == attempts[0]["stream_id"] and sent[0]["account"] == account.auth_id
     assert any("ready" in str(e["message"]) for e in json_lines(worker))
     for proc in (hub, worker):
