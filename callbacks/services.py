@@ -39,9 +39,10 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
-from callbacks import http, retry, signing
+from callbacks import http, metrics, retry, signing
 from callbacks.models import OPEN_STATES, CallbackAttempt, CallbackDelivery, delivery_is_blocked, earlier_open
 from callbacks.publish import queue_delivery
+from streamhub.logs import callback_log_ids
 from streams.models import Call, Stream
 
 if TYPE_CHECKING:
@@ -218,6 +219,7 @@ def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
         retry_after=result.retry_after,
     )
     _finish(delivery, attempt, result, decision)
+    metrics.attempt_finished(event=delivery.event, decision=decision, created_at=delivery.created_at)
     log.info(
         "callback %s %s #%d %s -> %s (%s, %d ms)",
         delivery.pk,
@@ -227,6 +229,7 @@ def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
         decision.verdict.value,
         result.status_code or result.error,
         result.latency_ms,
+        extra=callback_log_ids(delivery.params, delivery.event),
     )
     return AttemptOutcome("sent", decision.verdict, delivery.account_id)
 

@@ -13,17 +13,21 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from streams.live import ops  # noqa: E402
 from streams.live.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        # The admin's CSS/JS, served by the hub itself (no collectstatic, no web server
-        # needed for a self-hosted console; put a CDN or nginx in front if you prefer).
-        "http": ASGIStaticFilesHandler(django_asgi_app),
-        # No AllowedHostsOriginValidator: gateways send Host without a port and an
-        # arbitrary Origin (FreeSWITCH) or none (Asterisk); they authenticate instead.
-        "websocket": URLRouter(websocket_urlpatterns),
-    }
+# ops.instrument starts the process's loop-lag ticker, metrics sampler and live snapshot on the first connection.
+application = ops.instrument(
+    ProtocolTypeRouter(
+        {
+            # The admin's CSS/JS, served by the hub itself (no collectstatic, no web server
+            # needed for a self-hosted console; put a CDN or nginx in front if you prefer).
+            "http": ASGIStaticFilesHandler(django_asgi_app),
+            # No AllowedHostsOriginValidator: gateways send Host without a port and an
+            # arbitrary Origin (FreeSWITCH) or none (Asterisk); they authenticate instead.
+            "websocket": URLRouter(websocket_urlpatterns),
+        }
+    )
 )
 
 # Everything loaded so far (~100,000 objects: Django, the apps, their modules) lives as long as

@@ -51,6 +51,16 @@ def env_float(name: str, *, default: float, minimum: float | None = None) -> flo
     return value
 
 
+def env_choice(name: str, *, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.getenv(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def env_list(name: str, *, default: str) -> list[str]:
     return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
 

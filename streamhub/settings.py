@@ -7,13 +7,15 @@ DATABASE_URL (PostgreSQL) and REDIS_URL (channels-redis + Celery broker).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
 
 import dj_database_url
 
-from streamhub.envconf import channel_layer, env_bool, env_float, env_int, env_list, local_secret_key
+from streamhub.envconf import channel_layer, env_bool, env_choice, env_float, env_int, env_list, local_secret_key
+from streamhub.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.getenv("STREAMHUB_DATA_DIR") or BASE_DIR / "var").resolve()
@@ -116,14 +118,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.getenv("STREAMHUB_LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
-}
+# Text by default; STREAMHUB_LOG_FORMAT=json: one JSON object per line with the call/stream/account ids
+# (streamhub/logs.py). Both formats redact credentials. The Celery worker and beat use the same config.
+STREAMHUB_LOG_FORMAT = env_choice("STREAMHUB_LOG_FORMAT", default="text", choices=("text", "json"))
+LOGGING = logging_config(fmt=STREAMHUB_LOG_FORMAT, level=os.getenv("STREAMHUB_LOG_LEVEL", "INFO"))
+if STREAMHUB_LOG_FORMAT == "json":
+    logging.captureWarnings(True)  # Python warnings become log records (JSON lines) too
 
 # --- Django REST framework -------------------------------------------------------
 REST_FRAMEWORK = {
@@ -190,6 +190,10 @@ CELERY_SWEEP_SECONDS = env_float("STREAMHUB_SWEEP_SECONDS", default=30.0, minimu
 CELERY_BEAT_SCHEDULE = {
     "callbacks-sweep": {"task": "callbacks.tasks.sweep", "schedule": CELERY_SWEEP_SECONDS},
     "streams-orphans": {"task": "streams.tasks.sweep_orphans", "schedule": CELERY_SWEEP_SECONDS},
+    "streams-prune": {
+        "task": "streams.tasks.prune",
+        "schedule": env_float("STREAMHUB_PRUNE_EVERY_SECONDS", default=3600.0, minimum=1.0),
+    },
 }
 
 # --- streamhub ---------------------------------------------------------------------
@@ -224,3 +228,22 @@ STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY = env_int("STREAMHUB_CALLBACK_ACCOUNT_CON
 STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS = env_float(
     "STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS", default=120.0, minimum=0.5
 )
+
+# Operations (docs/operations.md)
+# /metrics of each hub process, and the worker's exporter, want `Authorization: Bearer <token>` when set.
+STREAMHUB_METRICS_TOKEN = os.getenv("STREAMHUB_METRICS_TOKEN") or None
+# The Celery worker serves its metrics on this port (0: no exporter); one port per worker process.
+STREAMHUB_WORKER_METRICS_PORT = env_int("STREAMHUB_WORKER_METRICS_PORT", default=0, minimum=0)
+STREAMHUB_WORKER_METRICS_ADDR = os.getenv("STREAMHUB_WORKER_METRICS_ADDR") or "127.0.0.1"
+# /readyz says 503 once the event loop runs callbacks this late (seconds): the process is overloaded.
+STREAMHUB_READY_MAX_LOOP_LAG_SECONDS = env_float("STREAMHUB_READY_MAX_LOOP_LAG_SECONDS", default=0.5, minimum=0.0)
+# Each hub process publishes its live calls' state for the console's live page this often.
+STREAMHUB_LIVE_SNAPSHOT_SECONDS = env_float("STREAMHUB_LIVE_SNAPSHOT_SECONDS", default=2.0, minimum=0.2)
+
+# Retention, in days (0 keeps forever): the beat's prune task and `manage.py prune` delete older rows in
+# small batches, never anything of a call that is still live.
+STREAMHUB_RETAIN_DEBUG_EVENTS_DAYS = env_float("STREAMHUB_RETAIN_DEBUG_EVENTS_DAYS", default=30.0, minimum=0.0)
+STREAMHUB_RETAIN_CALLBACKS_DAYS = env_float("STREAMHUB_RETAIN_CALLBACKS_DAYS", default=30.0, minimum=0.0)
+STREAMHUB_RETAIN_RECORDS_DAYS = env_float("STREAMHUB_RETAIN_RECORDS_DAYS", default=400.0, minimum=0.0)
+STREAMHUB_RETAIN_DEAD_PROCESSES_DAYS = env_float("STREAMHUB_RETAIN_DEAD_PROCESSES_DAYS", default=7.0, minimum=0.0)
+STREAMHUB_PRUNE_BATCH = env_int("STREAMHUB_PRUNE_BATCH", default=5000, minimum=1)

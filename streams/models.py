@@ -131,6 +131,10 @@ class HubProcess(models.Model):
     heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
     live_calls = models.PositiveIntegerField(default=0)
     capacity = models.PositiveIntegerField(default=0)
+    # What the process's live streams are doing, for the console's live page (streams.live.snapshot):
+    # {stream_id: [state, send-buffer %, playback-queue seconds, frames sent]}, rewritten every ~2 s.
+    live_snapshot = models.JSONField(default=dict, blank=True)
+    snapshot_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "hub processes"

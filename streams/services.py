@@ -245,6 +245,13 @@ def hub_heartbeat(*, server_id: str, live_calls: int, capacity: int) -> None:
     )
 
 
+def hub_publish_snapshot(*, server_id: str, snapshot: dict[str, Any]) -> None:
+    """The live state of a hub process's streams, for the console's live page (one row per process)."""
+    now = timezone.now()
+    if not HubProcess.objects.filter(server_id=server_id).update(live_snapshot=snapshot, snapshot_at=now):
+        HubProcess.objects.get_or_create(server_id=server_id, defaults={"live_snapshot": snapshot, "snapshot_at": now})
+
+
 def stream_log_batch(*, stream: Stream, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
     """Write a relay's queued debug events (event, error, extra) in order, in one transaction."""
     with transaction.atomic():

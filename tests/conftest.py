@@ -130,7 +130,9 @@ def start_hub(tmp: Path, name: str = "hub", *, server: str = "daphne", **overrid
     raise RuntimeError(f"hub did not answer /healthz in 30 s:\n{proc.log()}")
 
 
-def start_worker(tmp: Path, name: str = "worker", *, beat: bool = False, **overrides: Any) -> Proc:
+def start_worker(
+    tmp: Path, name: str = "worker", *, beat: bool = False, pool: str = "threads", **overrides: Any
+) -> Proc:
     cmd = [
         sys.executable,
         "-m",
@@ -138,8 +140,8 @@ def start_worker(tmp: Path, name: str = "worker", *, beat: bool = False, **overr
         "-A",
         "streamhub",
         "worker",
-        "--pool=threads",
-        "--concurrency=8",
+        f"--pool={pool}",
+        "--concurrency=8" if pool == "threads" else "--concurrency=2",
         "--loglevel=INFO",
         f"--hostname={name}-{os.getpid()}-{time.monotonic_ns()}@localhost",
     ]

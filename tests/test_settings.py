@@ -100,3 +100,61 @@ def test_the_answer_url_settings_have_defaults_and_refuse_nonsense(tmp_path: Pat
     for bad in ({"STREAMHUB_ANSWER_TRIES": "0"}, {"STREAMHUB_ANSWER_TIMEOUT_SECONDS": "soon"}):
         failed = run(**bad)
         assert failed.returncode != 0 and "STREAMHUB_ANSWER_" in failed.stderr
+
+
+OPS_PROBE = """
+import json, django
+from django.conf import settings
+django.setup()
+names = ["STREAMHUB_LOG_FORMAT", "STREAMHUB_METRICS_TOKEN", "STREAMHUB_WORKER_METRICS_PORT",
+         "STREAMHUB_READY_MAX_LOOP_LAG_SECONDS", "STREAMHUB_RETAIN_DEBUG_EVENTS_DAYS",
+         "STREAMHUB_RETAIN_CALLBACKS_DAYS", "STREAMHUB_RETAIN_RECORDS_DAYS", "STREAMHUB_RETAIN_DEAD_PROCESSES_DAYS",
+         "STREAMHUB_PRUNE_BATCH", "STREAMHUB_LIVE_SNAPSHOT_SECONDS"]
+out = {name: getattr(settings, name) for name in names}
+out["formatter"] = settings.LOGGING["formatters"]["main"]["()"]
+out["prune_every"] = settings.CELERY_BEAT_SCHEDULE["streams-prune"]["schedule"]
+print(json.dumps(out))
+"""
+
+
+def ops_probe(tmp_path: Path, **env: str) -> dict[str, object]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "STREAMHUB_"))}
+    clean.update({"DJANGO_SETTINGS_MODULE": "streamhub.settings", "STREAMHUB_DATA_DIR": str(tmp_path), **env})
+    out = subprocess.run([sys.executable, "-c", OPS_PROBE], cwd=ROOT, env=clean, capture_output=True, text=True)
+    return {"error": out.stderr} if out.returncode else dict(json.loads(out.stdout))
+
+
+def test_operations_settings_have_defaults_and_parse(tmp_path: Path) -> None:
+    got = ops_probe(tmp_path)
+    assert got["STREAMHUB_LOG_FORMAT"] == "text" and got["formatter"] == "streamhub.logs.TextFormatter"
+    assert got["STREAMHUB_METRICS_TOKEN"] is None and got["STREAMHUB_WORKER_METRICS_PORT"] == 0
+    assert got["STREAMHUB_READY_MAX_LOOP_LAG_SECONDS"] == 0.5
+    assert (got["STREAMHUB_RETAIN_DEBUG_EVENTS_DAYS"], got["STREAMHUB_RETAIN_RECORDS_DAYS"]) == (30.0, 400.0)
+    assert got["STREAMHUB_PRUNE_BATCH"] == 5000 and got["prune_every"] == 3600.0
+
+    got = ops_probe(
+        tmp_path,
+        STREAMHUB_LOG_FORMAT=" JSON ",
+        STREAMHUB_METRICS_TOKEN="t0k",
+        STREAMHUB_WORKER_METRICS_PORT="9809",
+        STREAMHUB_RETAIN_RECORDS_DAYS="0",
+        STREAMHUB_PRUNE_EVERY_SECONDS="600",
+    )
+    assert got["STREAMHUB_LOG_FORMAT"] == "json" and got["formatter"] == "streamhub.logs.JsonFormatter"
+    assert got["STREAMHUB_METRICS_TOKEN"] == "t0k" and got["STREAMHUB_WORKER_METRICS_PORT"] == 9809
+    assert got["STREAMHUB_RETAIN_RECORDS_DAYS"] == 0.0 and got["prune_every"] == 600.0
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"STREAMHUB_LOG_FORMAT": "yaml"},
+        {"STREAMHUB_RETAIN_DEBUG_EVENTS_DAYS": "-1"},
+        {"STREAMHUB_PRUNE_BATCH": "0"},
+        {"STREAMHUB_WORKER_METRICS_PORT": "http"},
+        {"STREAMHUB_READY_MAX_LOOP_LAG_SECONDS": "soon"},
+    ],
+)
+def test_malformed_operations_settings_fail_loudly(tmp_path: Path, env: dict[str, str]) -> None:
+    got = ops_probe(tmp_path, **env)
+    assert "ImproperlyConfigured" in str(got.get("error")) and next(iter(env)) in str(got.get("error"))

@@ -27,6 +27,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from streams import services
+from streams.console import live
 from streams.console import views as admin_views
 from streams.console.base import (
     ReadOnlyInline,
@@ -402,13 +403,15 @@ class CallAdmin(ReadOnlyRecordAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         views = {"start-stream": admin_views.start_stream_view, "hangup": admin_views.call_hangup_view}
-        return [*object_urls(self, "call", views), *super().get_urls()]
+        return [*live.urls(self), *object_urls(self, "call", views), *super().get_urls()]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         live = Call.objects.filter(status=Call.Status.LIVE).count()
         context = {
             "live_calls": live,
             "live_calls_url": reverse("admin:streams_call_changelist") + "?status__exact=live",
+            "live_view_url": reverse("admin:streams_live"),
+            "overview_url": reverse("admin:streams_overview"),
             **(extra_context or {}),
         }
         return super().changelist_view(request, extra_context=context)

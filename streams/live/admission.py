@@ -10,11 +10,15 @@ from dataclasses import dataclass
 class Admission:
     limit: int
     live: int = 0
+    admitted_total: int = 0  # since the process started, for /metrics
+    refused_total: int = 0
 
     def try_admit(self) -> bool:
         if self.live >= self.limit:
+            self.refused_total += 1
             return False
         self.live += 1
+        self.admitted_total += 1
         return True
 
     def release(self) -> None:

@@ -1,11 +1,74 @@
-"""Liveness and readiness for a load balancer: /healthz (process up), /readyz (load, admitting calls)."""
+"""Liveness and readiness for a load balancer: /healthz (process up), /readyz (can take calls).
+
+/readyz is 503 when this process should get no new calls: at its call capacity, its event
+loop lagging past STREAMHUB_READY_MAX_LOOP_LAG_SECONDS (overloaded), the database
+unreachable, or Redis unreachable when REDIS_URL is set (no control messages, no
+callbacks). The lag is `looplag.sustained_lag()`: late on most ticks of the last second, not
+on one. The database and Redis answers are cached for CHECK_TTL seconds, so a load
+balancer probing every second costs at most one query and one PING per second.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from streams.live import looplag
 from streams.live.admission import admission
+
+CHECK_TTL = 2.0
+CHECK_TIMEOUT = 2.0
+
+
+class CachedCheck:
+    """The result of `probe` ("ok" or what failed), recomputed at most once per `ttl` seconds."""
+
+    def __init__(self, probe: Callable[[], None], ttl: float = CHECK_TTL, clock: Callable[[], float] = time.monotonic):
+        self.probe, self.ttl, self.clock = probe, ttl, clock
+        self.result = ""
+        self.at = -float("inf")
+        self.lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self.lock:
+            now = self.clock()
+            if now - self.at >= self.ttl:
+                try:
+                    self.probe()
+                    self.result = "ok"
+                except Exception as exc:
+                    self.result = f"unreachable: {type(exc).__name__}"
+                self.at = self.clock()
+            return self.result
+
+
+def _database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+_redis_client = None
+
+
+def _redis() -> None:
+    global _redis_client
+    if _redis_client is None:
+        import redis
+
+        _redis_client = redis.Redis.from_url(
+            str(settings.REDIS_URL), socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT
+        )
+    _redis_client.ping()
+
+
+database_check = CachedCheck(_database)
+redis_check = CachedCheck(_redis)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -14,6 +77,27 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 def readyz(request: HttpRequest) -> JsonResponse:
     live, limit = admission.live, admission.limit
-    ready = live < limit
-    body = {"ready": ready, "live_calls": live, "capacity": limit, "load": round(live / limit, 3)}
-    return JsonResponse(body, status=200 if ready else 503)
+    lag = looplag.sustained_lag()
+    max_lag = settings.STREAMHUB_READY_MAX_LOOP_LAG_SECONDS
+    database = database_check()
+    redis_state = redis_check() if settings.REDIS_URL else "not configured"
+    problems = []
+    if live >= limit:
+        problems.append("at capacity")
+    if max_lag and lag > max_lag:
+        problems.append(f"event loop lag {lag * 1000:.0f} ms over {max_lag * 1000:.0f} ms")
+    if database != "ok":
+        problems.append(f"database {database}")
+    if redis_state not in ("ok", "not configured"):
+        problems.append(f"redis {redis_state}")
+    body = {
+        "ready": not problems,
+        "live_calls": live,
+        "capacity": limit,
+        "load": round(live / limit, 3),
+        "loop_lag_ms": round(lag * 1000, 2),
+        "database": database,
+        "redis": redis_state,
+        "problems": problems,
+    }
+    return JsonResponse(body, status=200 if not problems else 503)

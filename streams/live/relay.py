@@ -35,6 +35,7 @@ from streams.core.audio import Decoder, Encoder, Format
 from streams.core.buffer import Degraded, Overflow, SendBuffer
 from streams.core.noise import ENGINE, NoiseSuppressor
 from streams.core.playback import QueueFull
+from streams.live import tally
 from streams.live.dbasync import db_async
 from streams.models import Stream
 
@@ -129,6 +130,8 @@ class StreamRelay:
         self._idle = False
         self._running = False
         self.frames_sent = 0
+        self.bytes_sent = 0  # of the messages' text; with frames_sent, exported by live.metrics
+        self.gateway_rate = gateway_rate
         self.played_ms = 0
         self.skipped_ms = 0
         self.samples: list[list[float]] = []
@@ -228,6 +231,7 @@ class StreamRelay:
         attempts = 3
         last = ""
         for attempt in range(1, attempts + 1):
+            tally.connect_attempt()
             try:
                 ws = await connect(
                     url,
@@ -248,6 +252,7 @@ class StreamRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                tally.connect_failed(exc)
                 last = describe_connect_error(exc)
                 self.log_event("ConnectAttemptFailed", last, {"Attempt": attempt, "MaxAttempts": attempts})
                 log.info("stream %s: attempt %d to %s failed: %s", self.stream_id, attempt, redact_url(url), last)
@@ -296,8 +301,10 @@ class StreamRelay:
         buffer, wake = self.buffer, self._wake
         while True:
             while buffer:
-                await ws.send(buffer.popleft())
+                message = buffer.popleft()
+                await ws.send(message)
                 self.frames_sent += 1
+                self.bytes_sent += len(message)
             self._idle = True
             wake.clear()
             await wake.wait()
@@ -322,12 +329,15 @@ class StreamRelay:
             return
         buffer = self.buffer
         items = buffer.items
-        sent = 0
+        sent = size = 0
         while items and not ws.paused:
-            protocol.send_text(buffer.popleft().encode())
+            data = buffer.popleft().encode()
+            protocol.send_text(data)
             ws.send_data()
             sent += 1
+            size += len(data)
         self.frames_sent += sent
+        self.bytes_sent += size
         if items:
             self._wake.set()
 
@@ -361,6 +371,7 @@ class StreamRelay:
         ws, self.ws = self.ws, None
         if ws is not None:
             await self._close_socket(ws, reason)
+        tally.relay_finished(self)
         self.session.relay_finished(self)
         if self.end_error:
             log.info("stream %s ended: %s (%s)", self.stream_id, reason, self.end_error)
@@ -466,6 +477,7 @@ class StreamRelay:
     def _on_buffer_events(self, events: list[Degraded | Overflow]) -> None:
         for event in events:
             if isinstance(event, Degraded):
+                tally.degraded(event.usage)
                 self.log_event("DegradedStream", "", {"BufferUsage": event.usage})
             else:
                 self.buffer.clear()

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.db import IntegrityError
 
+from streamhub import logs
 from streams import services
 from streams.core.audio import Reframer, frame_bytes, silence, split_stereo
 from streams.core.gateway import GatewayMetadata, gateway_error
@@ -113,6 +114,8 @@ class CallSession:
         self.audio_since = time.time()
         self.call = await db_async(_open_call)(account=self.account, meta=meta, gateway=self.gateway)
         registry.add(self)
+        # this connection's later log lines (bound after registry.add: its heartbeat task is no one call's)
+        logs.bind(call_uuid=str(self.call.call_uuid), account=self.account.auth_id)
         if joined is not None:
             await joined()
         for error in meta.errors:
@@ -157,7 +160,8 @@ class CallSession:
             self._backfill(relay, stream)
         self.relays[key] = relay
         self._relay_list = tuple(self.relays.values())
-        relay.start()
+        with logs.log_context(call_uuid=str(stream.call.call_uuid), account=self.account.auth_id, stream_id=key):
+            relay.start()  # its tasks keep these ids for their log lines
         log.info("call %s: stream %s → %s", stream.call.call_uuid, key, redact_url(stream.service_url))
         return relay
 

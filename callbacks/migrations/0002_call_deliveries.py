@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('callbacks', '0001_initial'),
-        ('streams', '0003_w16_applications'),
+        ('streams', '0003_applications'),
     ]
 
     operations = [
