@@ -9,8 +9,12 @@ Contract:
   what waits is counted by the buffer; 30/60/90 % -> DegradedStream, overflow -> drop.
 - It ends exactly once (`stop`), whoever asks: API request, call hangup, stream timeout,
   connection error; `stream_end` in the service layer makes the end idempotent.
+- Its start and end are written until they succeed (`db_persist`): a database outage
+  delays them, never drops them. A stream whose `start` went out always gets its
+  StartStream (before its final callback) and is billed from then, even when its end
+  wins the race with the start's own write.
 - Debug events are queued in memory and written by a background flusher, never awaited
-  on the audio path.
+  on the audio path; a failed write keeps them queued for the next one.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import logging
 import socket
 import ssl
 import time
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
+from django.utils import timezone
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
@@ -34,7 +40,7 @@ from streams.core import framing, plivo
 from streams.core.audio import Decoder, Encoder, Format
 from streams.core.buffer import Degraded, Overflow, SendBuffer
 from streams.core.playback import QueueFull
-from streams.live.dbasync import db_async
+from streams.live.dbasync import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, db_async, db_persist
 from streams.models import Stream
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ MAX_MESSAGE = 16 * 1024 * 1024  # D14: beyond this the library closes with 1009
 DEBUG_EVENT_LIMIT = 200  # per kind of peer-triggered event, then one "suppressed" note
 SAMPLE_EVERY = 1.0
 MAX_SAMPLES = 3600
+CANCELLED = "the relay was cancelled without a stop request (the hub process is shutting down)"
 
 
 def redact_url(url: str) -> str:
@@ -115,6 +122,7 @@ class StreamRelay:
         self.end_reason: str | None = None
         self.end_error = ""
         self.connected = False
+        self.started_at: datetime | None = None  # when `start` went out (wall clock)
         self._idle = False
         self._running = False
         self.frames_sent = 0
@@ -187,7 +195,9 @@ class StreamRelay:
                 if ws is not None and self.end_reason is None:
                     await self._serve(ws)
         except asyncio.CancelledError:
-            pass
+            if self.end_reason is None:  # not stop(): the event loop is being shut down
+                log.warning("stream %s: %s", self.stream_id, CANCELLED)
+                self.end_reason, self.end_error = Stream.Reason.CONNECTION_ERROR, CANCELLED
         except ConnectionClosed as exc:
             self.stop(Stream.Reason.CONNECTION_ERROR, describe_close(exc))
         except Exception as exc:  # a relay bug must end this stream only, loudly
@@ -250,6 +260,7 @@ class StreamRelay:
             )
         )
         self.connected = True
+        self.started_at = timezone.now()
         self._spawn(self._record_started())  # the audio does not wait for the database
         reader = self._spawn(self._read(ws))
         try:
@@ -258,12 +269,20 @@ class StreamRelay:
             reader.cancel()
 
     async def _record_started(self) -> None:
-        try:
-            await self._flush_now()  # debug events so far, in order, before StartStream
-            async with self._db_lock:
-                await db_async(services.stream_mark_started)(stream=self.stream)
-        except Exception:
-            log.exception("could not record the start of stream %s", self.stream_id)
+        # If the end comes first, this task is cancelled and `stream_end(started_at=…)` records it.
+        async with self._db_lock:
+            entries, self._events = self._events, []  # debug events so far, in order, before StartStream
+            try:
+                await db_persist(
+                    services.stream_mark_started,
+                    what=f"start of stream {self.stream_id}",
+                    stream=self.stream,
+                    at=self.started_at,
+                    log_entries=entries,
+                )
+            except BaseException:
+                self._events[:0] = entries
+                raise
 
     async def _write(self, ws: ClientConnection) -> None:
         buffer, wake = self.buffer, self._wake
@@ -339,14 +358,19 @@ class StreamRelay:
             log.info("stream %s ended: %s (%s)", self.stream_id, reason, self.end_error)
         self._sample(time.monotonic(), force=True)
         stats = {"frames_sent": self.frames_sent, "played_ms": self.played_ms, "buffer_samples": self.samples}
-        try:
-            await self._flush_now()
-            async with self._db_lock:
-                await db_async(services.stream_end)(
-                    stream=self.stream, reason=reason, error=self.end_error, stats=stats, notify_session=False
-                )
-        except Exception:
-            log.exception("could not record the end of stream %s", self.stream_id)
+        async with self._db_lock:
+            entries, self._events = self._events, []
+            await db_persist(
+                services.stream_end,
+                what=f"end of stream {self.stream_id}",
+                stream=self.stream,
+                reason=reason,
+                error=self.end_error,
+                stats=stats,
+                notify_session=False,
+                started_at=self.started_at if self.connected else None,
+                log_entries=entries,
+            )
 
     async def _close_socket(self, ws: ClientConnection, reason: str) -> None:
         slow = self.end_error == services.DROPPED_SLOW
@@ -488,20 +512,30 @@ class StreamRelay:
             self.log_event(event, f"more than {DEBUG_EVENT_LIMIT} such events; further ones are not logged")
 
     async def _flush_events(self) -> None:
+        delay = RETRY_FIRST_SECONDS
         while True:
             await self._events_wake.wait()
             self._events_wake.clear()
-            await self._flush_now()
+            if await self._flush_now():
+                delay = RETRY_FIRST_SECONDS
+                continue
+            self._events_wake.set()  # kept queued: try again after a pause
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def _flush_now(self) -> None:
+    async def _flush_now(self) -> bool:
+        """Write the queued debug events; False (and they stay queued, in order) when that failed."""
         async with self._db_lock:
             if not self._events:
-                return
+                return True
             entries, self._events = self._events, []
             try:
                 await db_async(services.stream_log_batch)(stream=self.stream, entries=entries)
-            except Exception:
-                log.exception("could not write %d debug events of stream %s", len(entries), self.stream_id)
+            except Exception as exc:
+                self._events[:0] = entries
+                log.warning("could not write %d debug events of stream %s: %s", len(entries), self.stream_id, exc)
+                return False
+            return True
 
 
 def describe_connect_error(exc: BaseException) -> str:
