@@ -138,6 +138,7 @@ class StreamRelay:
         # one DB write of this stream at a time, so debug events and callbacks keep their order
         self._db_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._start_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timeout: asyncio.TimerHandle | None = None
         self.done = asyncio.Event()
@@ -261,7 +262,7 @@ class StreamRelay:
         )
         self.connected = True
         self.started_at = timezone.now()
-        self._spawn(self._record_started())  # the audio does not wait for the database
+        self._start_task = self._spawn(self._record_started())  # the audio does not wait for the database
         reader = self._spawn(self._read(ws))
         try:
             await self._write(ws)
@@ -269,7 +270,8 @@ class StreamRelay:
             reader.cancel()
 
     async def _record_started(self) -> None:
-        # If the end comes first, this task is cancelled and `stream_end(started_at=…)` records it.
+        # Once the stream ends this task is cancelled (it may be retrying against a database
+        # that is down) and `stream_end(started_at=…)` records the start in the end's transaction.
         async with self._db_lock:
             entries, self._events = self._events, []  # debug events so far, in order, before StartStream
             try:
@@ -348,6 +350,8 @@ class StreamRelay:
     async def _finish_inner(self) -> None:
         if self._timeout is not None:
             self._timeout.cancel()
+        if self._start_task is not None:
+            self._start_task.cancel()
         reason = self.end_reason or Stream.Reason.CONNECTION_ERROR
         self.end_reason = reason
         ws, self.ws = self.ws, None
