@@ -130,22 +130,23 @@ class IngestConsumer(AsyncWebsocketConsumer):
         delay = 0.1
         failing = False
         while not self._control_stopping:
+            if failing:  # a restarted Redis has forgotten the call's group: join it again first
+                if not await self._rejoin():
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, CONTROL_RETRY_MAX_SECONDS)
+                    continue
+                failing, delay = False, 0.1
             try:
                 message = await layer.receive(self.channel_name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down or restarted: keep trying, never give up the call
-                if not failing:
-                    log.warning(
-                        "%s ingest: control channel failed (%s: %s); retrying", self.gateway, type(exc).__name__, exc
-                    )
+                log.warning(
+                    "%s ingest: control channel failed (%s: %s); retrying", self.gateway, type(exc).__name__, exc
+                )
                 failing = True
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, CONTROL_RETRY_MAX_SECONDS)
                 continue
-            if failing:
-                failing, delay = False, 0.1
-                await self._rejoin()
             if self._control_stopping:
                 break
             try:
@@ -153,15 +154,15 @@ class IngestConsumer(AsyncWebsocketConsumer):
             except Exception:
                 log.exception("control message %s failed", message.get("type"))
 
-    async def _rejoin(self) -> None:
-        """After a channel-layer outage: a restarted Redis has forgotten the call's group."""
+    async def _rejoin(self) -> bool:
         if self._group is None:
-            return
+            return True
         try:
             await self.channel_layer.group_add(self._group, self.channel_name)
-            log.info("%s ingest: control channel back; rejoined %s", self.gateway, self._group)
-        except Exception as exc:
-            log.warning("%s ingest: could not rejoin %s yet: %s", self.gateway, self._group, exc)
+        except Exception:
+            return False
+        log.info("%s ingest: control channel back; rejoined %s", self.gateway, self._group)
+        return True
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
