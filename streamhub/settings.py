@@ -166,6 +166,8 @@ else:
     for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://localhost/"  # a hostname, or kombu warns on every publish
+    # kombu's filesystem transport with atomic writes and claims (streamhub.broker): crash-safe
+    CELERY_BROKER_TRANSPORT = "streamhub.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),

@@ -352,6 +352,7 @@ class StreamRelay:
             self._timeout.cancel()
         if self._start_task is not None:
             self._start_task.cancel()
+        ended_at = timezone.now()  # the end is the stream's, not the (possibly much later) write's
         reason = self.end_reason or Stream.Reason.CONNECTION_ERROR
         self.end_reason = reason
         ws, self.ws = self.ws, None
@@ -373,6 +374,7 @@ class StreamRelay:
                 stats=stats,
                 notify_session=False,
                 started_at=self.started_at if self.connected else None,
+                at=ended_at,
                 log_entries=entries,
             )
 

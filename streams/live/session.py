@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import IntegrityError
+from django.utils import timezone
 
 from streams import services
 from streams.core.audio import Reframer, frame_bytes, silence, split_stereo
@@ -406,6 +407,7 @@ class CallSession:
 
     async def _end(self) -> None:
         self.ended = True
+        ended_at = timezone.now()
         relays = list(self.relays.values())
         for relay in relays:
             relay.stop(self.end_reason, self.end_error)
@@ -421,6 +423,7 @@ class CallSession:
                 notify_session=False,
                 reason=self.end_reason,
                 error=self.end_error,
+                at=ended_at,
             )
         registry.discard(self)
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,7 @@ async def test_a_database_outage_ends_no_live_call_and_loses_no_hangup(
         await asyncio.to_thread(pg.stop)
         outage_began = time.monotonic()
         feeding[0].cancel()
+        hung_up_at = datetime.now(UTC)
         await gw_a.close()  # the caller hangs up while the database is down
 
         answer = await asyncio.to_thread(
@@ -190,13 +192,14 @@ async def test_a_database_outage_ends_no_live_call_and_loses_no_hangup(
 
         def ended_a() -> list[tuple[Any, ...]]:
             return pg.query(
-                "SELECT s.status, s.hangup_reason, c.status FROM streams_stream s "
+                "SELECT s.status, s.hangup_reason, c.status, s.end_time FROM streams_stream s "
                 "JOIN streams_call c ON c.id = s.call_id WHERE s.service_url = %s AND s.end_time IS NOT NULL",
                 hanging_up.url,
             )
 
-        [(status, reason, call_status)] = await eventually(ended_a, timeout=40)
+        [(status, reason, call_status, end_time)] = await eventually(ended_a, timeout=40)
         assert (status, reason, call_status) == ("stopped", "Call hangup", "ended")
+        assert abs((end_time - hung_up_at).total_seconds()) < 3  # when it hung up, not when the write got through
         finals = pg.query(
             "SELECT d.event FROM callbacks_callbackdelivery d JOIN streams_stream s ON s.id = d.stream_id "
             "WHERE s.service_url = %s ORDER BY d.id",
