@@ -23,15 +23,19 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
-from kombu.utils.encoding import bytes_to_str, str_to_bytes
-from kombu.utils.json import dumps, loads
+from kombu.utils import json as kombu_json
+
+# kombu's JSON (it knows the types Celery puts in messages), typed for this module
+dumps = cast(Callable[[Any], str], kombu_json.dumps)
+loads = cast(Callable[[str | bytes], Any], kombu_json.loads)
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +43,20 @@ TEMP_PREFIX = ".tmp-"  # never matches the reader's `<name>.<queue>.msg`
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # kombu names it twice
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         folder = Path(self.data_folder_out)
         temp = folder / f"{TEMP_PREFIX}{name}"
         try:
             # No fsync: a crashed process leaves a whole file or a stray temporary one; a torn
             # file after a power loss is quarantined by the reader, and the outbox sweep re-queues.
-            temp.write_bytes(str_to_bytes(dumps(payload)))
+            temp.write_bytes(dumps(payload).encode())
             os.replace(temp, folder / name)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise ChannelError(f"Cannot add file {name!r} to directory") from exc
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
         wanted = f"{queue}.msg"
         inbox = Path(self.data_folder_in)
         claimed_dir = Path(self.processed_folder)
@@ -69,7 +73,7 @@ class Channel(filesystem.Channel):
             except OSError as exc:
                 raise ChannelError(f"Cannot read file {name!r} from queue.") from exc
             try:
-                message = loads(bytes_to_str(payload))
+                message = loads(payload)
             except (ValueError, json.JSONDecodeError):
                 corrupt = inbox.parent / "corrupt"
                 corrupt.mkdir(exist_ok=True)

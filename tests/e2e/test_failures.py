@@ -166,6 +166,13 @@ async def test_redis_outage_stops_are_refused_not_lost_and_calls_recover(
             await asyncio.sleep(0.5)
             assert len(first.events("media")) == received
             assert (await db(stream_of)(service_url=first.url)).hangup_reason == "API request"
+            # a start that cannot reach the holder is refused, and its row is not left `initiated`
+            answer = await asyncio.to_thread(
+                api, hub, account, "POST", f"Call/{call.call_uuid}/Stream/", json={"service_url": second.url + "x"}
+            )
+            assert answer.status_code == 503 and answer.headers["Retry-After"] == "5", answer.text
+            refused = await db(stream_of)(service_url=second.url + "x")
+            assert refused.status == "failed" and refused.hangup_reason == "Connection error"
 
             redis.start()  # empty: it forgot the call's group
             gw2, feeding2 = await call_with_stream(hub, account, second)  # set-up on a stale pool
