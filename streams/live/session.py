@@ -79,6 +79,7 @@ class CallSession:
         self.rate = 8000
         self.channels = 1
         self.relays: dict[str, StreamRelay] = {}
+        self.finished: set[str] = set()  # streams whose relay ended here: never dialled again
         self._relay_list: tuple[StreamRelay, ...] = ()
         self._reframer = Reframer(frame_bytes(8000))
         self._silence = silence(8000)
@@ -155,7 +156,7 @@ class CallSession:
 
     def add_relay(self, stream: Stream, *, backfill: bool = False) -> None:
         key = str(stream.stream_id)
-        if key in self.relays or self.ended:
+        if key in self.relays or key in self.finished or self.ended:
             return
         relay = StreamRelay(session=self, stream=stream, gateway_rate=self.rate)
         if backfill:
@@ -193,6 +194,7 @@ class CallSession:
             relay.stop(reason)
 
     def relay_finished(self, relay: StreamRelay) -> None:
+        self.finished.add(relay.stream_id)  # its end may still be on its way to the database
         self.playback.clear(relay.stream_id)
         self.relays.pop(relay.stream_id, None)
         self._relay_list = tuple(self.relays.values())
@@ -502,7 +504,7 @@ class Registry:
         self.sessions.discard(session)
 
     def _held(self) -> dict[int, list[str]]:
-        return {s.call.pk: list(s.relays) for s in self.sessions if s.call is not None}
+        return {s.call.pk: [*s.relays, *s.finished] for s in self.sessions if s.call is not None}
 
     async def _beat(self) -> None:
         while True:
