@@ -495,10 +495,11 @@ class Registry:
 
     def add(self, session: CallSession) -> None:
         self.sessions.add(session)
-        if self._heartbeat is None or self._heartbeat.done():
+        loop = asyncio.get_running_loop()
+        if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not loop:
             # Beats from the first call on for the life of the process, so an idle process
             # keeps its lease and the sweep can tell it from a dead one.
-            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+            self._heartbeat = loop.create_task(self._beat())
 
     def discard(self, session: CallSession) -> None:
         self.sessions.discard(session)
