@@ -9,6 +9,7 @@ half-written and die with `Unrecoverable error: JSONDecodeError`. The embedded d
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ MESSAGES = int(os.getenv("STREAMHUB_BROKER_STRESS_MESSAGES", "10000"))
 PUBLISHERS = 4
 FIRST_ID = 10**12  # delivery ids that do not exist: each task looks once and says "done"
 
+SUCCEEDED = re.compile(r"callbacks\.tasks\.deliver\[([0-9a-f-]+)\] succeeded in")
 PUBLISHER = """
 import sys, django
 django.setup()
@@ -58,11 +60,7 @@ def test_beat_many_publishers_and_a_worker_lose_no_message_and_the_worker_surviv
     published = time.monotonic() - began
 
     def done() -> set[str]:
-        return {
-            line.split("[", 1)[1].split("]", 1)[0]
-            for line in worker.log().splitlines()
-            if "callbacks.tasks.deliver[" in line and "succeeded in" in line
-        }
+        return set(SUCCEEDED.findall(worker.log()))
 
     deadline = time.monotonic() + 900
     while len(done()) < share * PUBLISHERS and time.monotonic() < deadline:
