@@ -139,6 +139,7 @@ class StreamRelay:
         self._db_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._start_task: asyncio.Task[None] | None = None
+        self._start_in_flight = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timeout: asyncio.TimerHandle | None = None
         self.done = asyncio.Event()
@@ -270,21 +271,32 @@ class StreamRelay:
             reader.cancel()
 
     async def _record_started(self) -> None:
-        # Once the stream ends this task is cancelled (it may be retrying against a database
-        # that is down) and `stream_end(started_at=…)` records the start in the end's transaction.
+        """StartStream, retried until written or until the stream ends: then the end's own
+        transaction records the start (`stream_end(started_at=…)`), so the end never waits
+        for a database that keeps failing this write. A try in flight is never cancelled
+        (its debug events might be written twice)."""
         async with self._db_lock:
             entries, self._events = self._events, []  # debug events so far, in order, before StartStream
+            delay = RETRY_FIRST_SECONDS
             try:
-                await db_persist(
-                    services.stream_mark_started,
-                    what=f"start of stream {self.stream_id}",
-                    stream=self.stream,
-                    at=self.started_at,
-                    log_entries=entries,
-                )
-            except BaseException:
-                self._events[:0] = entries
-                raise
+                while True:
+                    self._start_in_flight = True
+                    try:
+                        await db_async(services.stream_mark_started)(
+                            stream=self.stream, at=self.started_at, log_entries=entries
+                        )
+                        return
+                    except Exception as exc:
+                        log.warning("could not record the start of stream %s: %s", self.stream_id, exc)
+                    finally:
+                        self._start_in_flight = False
+                    if self.end_reason is not None:
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_SECONDS)
+            except asyncio.CancelledError:
+                pass  # cancelled between tries: nothing of this try reached the database
+            self._events[:0] = entries  # not written: they go with the end
 
     async def _write(self, ws: ClientConnection) -> None:
         buffer, wake = self.buffer, self._wake
@@ -350,8 +362,8 @@ class StreamRelay:
     async def _finish_inner(self) -> None:
         if self._timeout is not None:
             self._timeout.cancel()
-        if self._start_task is not None:
-            self._start_task.cancel()
+        if self._start_task is not None and not self._start_in_flight:
+            self._start_task.cancel()  # between tries; a try in flight finishes first (the lock)
         ended_at = timezone.now()  # the end is the stream's, not the (possibly much later) write's
         reason = self.end_reason or Stream.Reason.CONNECTION_ERROR
         self.end_reason = reason
