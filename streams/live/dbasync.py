@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from channels.db import DatabaseSyncToAsync
 from django.core.exceptions import ObjectDoesNotExist
+from django.db import DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,10 @@ async def db_persist(fn: Callable[..., Any], /, *, what: str, **kwargs: Any) -> 
         except ObjectDoesNotExist:
             raise  # the row is gone: nothing left to write
         except Exception as exc:
-            if attempt == 1:
+            if attempt == 1 and not isinstance(exc, DatabaseError):  # a bug, not an outage: show where
                 log.exception("%s failed; retrying until it succeeds", what)
+            elif attempt == 1:
+                log.warning("%s failed; retrying until it succeeds: %s: %s", what, type(exc).__name__, exc)
             else:
                 log.warning("%s failed again (try %d): %s: %s", what, attempt, type(exc).__name__, exc)
         await asyncio.sleep(delay)
