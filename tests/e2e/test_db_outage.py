@@ -128,6 +128,7 @@ def pg_env(pg: PgServer, tmp_path: Path) -> dict[str, str]:
         STREAMHUB_DATA_DIR=str(tmp_path / "data"),
         STREAMHUB_HEARTBEAT_SECONDS="0.5",
         STREAMHUB_ORPHAN_AFTER_SECONDS="2",
+        STREAMHUB_CONNECT_TIMEOUT="10",  # a busy machine: the customer's accept can take seconds
     )
     env.pop("REDIS_URL", None)  # one process: the in-memory channel layer is enough here
     manage(env, "migrate", "--noinput")

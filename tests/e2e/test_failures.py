@@ -28,7 +28,7 @@ from tests.support import Customer, Gateway, db, eventually, ramp
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-BEAT = {"STREAMHUB_HEARTBEAT_SECONDS": "0.5"}
+BEAT = {"STREAMHUB_HEARTBEAT_SECONDS": "0.5", "STREAMHUB_CONNECT_TIMEOUT": "10"}
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ async def test_redis_outage_stops_are_refused_not_lost_and_calls_recover(
     redis = RedisServer(tmp_path)
     redis.start()
     try:
-        hub = hub_factory(REDIS_URL=redis.url, STREAMHUB_HEARTBEAT_SECONDS="1")
+        hub = hub_factory(REDIS_URL=redis.url, STREAMHUB_HEARTBEAT_SECONDS="1", STREAMHUB_CONNECT_TIMEOUT="10")
         async with Customer() as first, Customer() as second, Customer() as third:
             gw, feeding = await call_with_stream(hub, account, first)
             call = await db(lambda: Call.objects.get(status="live"))()
