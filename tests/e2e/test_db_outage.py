@@ -194,7 +194,7 @@ async def test_a_database_outage_ends_no_live_call_and_loses_no_hangup(
         def ended_a() -> list[tuple[Any, ...]]:
             return pg.query(
                 "SELECT s.status, s.hangup_reason, c.status, s.end_time FROM streams_stream s "
-                "JOIN streams_call c ON c.id = s.call_id WHERE s.service_url = %s AND s.end_time IS NOT NULL",
+                "JOIN streams_call c ON c.id = s.call_id WHERE s.service_url = %s AND c.status = 'ended'",
                 hanging_up.url,
             )
 
