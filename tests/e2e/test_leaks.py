@@ -4,7 +4,8 @@ Each call's control task used to leak now and then: cancelled inside channels-re
 receive, redis-py's socket-timeout wait_for could swallow the cancellation (Python 3.11)
 and the task received for ever (daphne: "took too long to shut down and was killed").
 STREAMHUB_LEAK_CALLS sets the number of calls per server (default 600; the full-size
-run is 10,000), run 25 at a time.
+run is 10,000: 206 s under daphne, 144 s under uvicorn on the 2-core development VM, tasks
+5 -> 5 and 6 -> 6), run 25 at a time.
 """
 
 from __future__ import annotations
@@ -93,5 +94,8 @@ async def test_short_calls_leave_no_task_and_no_memory_behind(
     )
     assert served == CALLS and after["live_calls"] == 0
     assert after["tasks"] <= base["tasks"] + 2, (base, after)
-    assert grown < 30
+    # Measured over 10,000 calls: +41 MiB (daphne) / +27 MiB (uvicorn) with flat task counts, and
+    # +45 MiB (daphne) before the control-task fix: a slow allocator/server growth that is not
+    # this leak (a leaked task per 70 calls would also show in `tasks`). Bounded, not zero.
+    assert grown < 20 + CALLS * 5 / 1024
     assert "took too long to shut down" not in hub.log()
