@@ -42,6 +42,7 @@ from django.utils import timezone
 from callbacks import http, metrics, retry, signing
 from callbacks.models import OPEN_STATES, CallbackAttempt, CallbackDelivery, delivery_is_blocked, earlier_open
 from callbacks.publish import queue_delivery
+from streamhub.dbguard import bounded_atomic
 from streamhub.logs import callback_log_ids
 from streams.models import Call, Stream
 
@@ -67,7 +68,7 @@ def callback_enqueue(*, stream: Stream, event: str, params: dict[str, str]) -> C
         raise ValueError(f"{event} is not a status callback event")
     if not stream.status_callback_url:
         return None
-    with transaction.atomic():
+    with bounded_atomic():
         # Serialises the callbacks of one stream (PostgreSQL; SQLite writes are serial
         # anyway): without it a DegradedStream could take a lower id than a StopStream
         # yet commit after it, and a worker could send the Stop first.
@@ -145,7 +146,7 @@ def redacted_url(url: str) -> str:
 
 
 def _claim(delivery: CallbackDelivery, now: datetime) -> CallbackAttempt | None:
-    with transaction.atomic():
+    with bounded_atomic():
         claimed = (
             CallbackDelivery.objects.filter(
                 pk=delivery.pk, state=CallbackDelivery.State.PENDING, next_attempt_at__lte=now
@@ -258,7 +259,7 @@ def _finish(
 ) -> None:
     now = timezone.now()
     state = CallbackDelivery.State
-    with transaction.atomic():
+    with bounded_atomic():
         CallbackAttempt.objects.filter(pk=attempt.pk).update(
             status_code=result.status_code,
             latency_ms=result.latency_ms,
@@ -308,7 +309,7 @@ def callbacks_requeue_stale(*, now: datetime | None = None, limit: int = SWEEP_B
     ).order_by("pk")
     for row in stale[:limit]:
         exhausted = row.attempt_count >= settings.STREAMHUB_CALLBACK_MAX_ATTEMPTS
-        with transaction.atomic():
+        with bounded_atomic():
             mine = CallbackDelivery.objects.filter(pk=row.pk, state=state.DELIVERING, attempt_count=row.attempt_count)
             if exhausted:
                 taken = mine.update(
@@ -341,7 +342,7 @@ def callbacks_requeue_stale(*, now: datetime | None = None, limit: int = SWEEP_B
     for pk, stream_id, due in lost[:limit]:
         if stream_id in handled:
             continue
-        with transaction.atomic():
+        with bounded_atomic():
             if CallbackDelivery.objects.filter(pk=pk, state=state.PENDING, next_attempt_at=due).update(
                 next_attempt_at=now
             ):

@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+REDIS_HEALTH_CHECK_SECONDS = 10
+REDIS_RETRIES = 3
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -87,12 +92,17 @@ def channel_layer(redis_url: str | None, max_connections: int = 2000) -> dict[st
             "CONFIG": {
                 # redis-py 8 also caps a pool at 100 connections and raises beyond: a burst
                 # of call set-ups (group_add each) must not fail on that.
+                # After a Redis restart the pool's idle connections are dead: a PING before
+                # reuse (health check) and a few retries with backoff on connection errors
+                # reconnect them, instead of failing the first call set-up or stop with 4500.
                 "hosts": [
                     {
                         "address": redis_url,
                         "socket_timeout": 30,
                         "socket_connect_timeout": 5,
                         "max_connections": max_connections,
+                        "health_check_interval": REDIS_HEALTH_CHECK_SECONDS,
+                        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES),
                     }
                 ],
                 "capacity": 1000,

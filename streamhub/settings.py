@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -50,6 +51,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "streamhub.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -164,6 +166,8 @@ else:
     for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://localhost/"  # a hostname, or kombu warns on every publish
+    # kombu's filesystem transport with atomic writes and claims (streamhub.broker): crash-safe
+    CELERY_BROKER_TRANSPORT = "streamhub.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
@@ -197,8 +201,11 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- streamhub ---------------------------------------------------------------------
-# Which server process holds a call: hostname:pid unless set (one per daphne process).
-STREAMHUB_SERVER_ID = os.getenv("STREAMHUB_SERVER_ID") or f"{socket.gethostname()}:{os.getpid()}"
+# Which server process holds a call: hostname:pid unless set, plus a boot nonce, so a process that
+# restarts with the same hostname and PID (a container) never revives a dead process's lease.
+STREAMHUB_SERVER_ID = (
+    f"{os.getenv('STREAMHUB_SERVER_ID') or f'{socket.gethostname()}:{os.getpid()}'}#{secrets.token_hex(4)}"
+)
 STREAMHUB_STREAM_BUFFER_SECONDS = env_float("STREAMHUB_STREAM_BUFFER_SECONDS", default=40.0, minimum=0.1)
 STREAMHUB_PLAYBACK_QUEUE_SECONDS = env_float("STREAMHUB_PLAYBACK_QUEUE_SECONDS", default=60.0, minimum=1.0)
 STREAMHUB_CONNECT_TIMEOUT = env_float("STREAMHUB_CONNECT_TIMEOUT", default=5.0, minimum=0.1)
@@ -208,6 +215,9 @@ STREAMHUB_SEND_STOP_FRAME = env_bool("STREAMHUB_SEND_STOP_FRAME", default=False)
 STREAMHUB_BILLING_INTERVAL = env_int("STREAMHUB_BILLING_INTERVAL", default=60, minimum=1)
 STREAMHUB_HEARTBEAT_SECONDS = env_float("STREAMHUB_HEARTBEAT_SECONDS", default=10.0, minimum=0.1)
 STREAMHUB_ORPHAN_AFTER_SECONDS = env_float("STREAMHUB_ORPHAN_AFTER_SECONDS", default=60.0, minimum=0.5)
+# PostgreSQL lock_timeout / statement_timeout inside lifecycle and outbox transactions (streamhub.dbguard)
+STREAMHUB_DB_LOCK_TIMEOUT_SECONDS = env_float("STREAMHUB_DB_LOCK_TIMEOUT_SECONDS", default=5.0, minimum=0.01)
+STREAMHUB_DB_STATEMENT_TIMEOUT_SECONDS = env_float("STREAMHUB_DB_STATEMENT_TIMEOUT_SECONDS", default=15.0, minimum=0.01)
 # Measured capacity of one uvicorn process on one core of the 2-vCPU development VM: 400 calls with p99 < 20 ms
 # (daphne: 200); bench/RESULTS.md. Measure yours with bench/run.py and set this below what it prints.
 STREAMHUB_MAX_CALLS = env_int("STREAMHUB_MAX_CALLS", default=350, minimum=1)

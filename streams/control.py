@@ -3,6 +3,11 @@
 Each live call's ingest consumer joins the group `call.<uuid>`; a stop or hang-up
 issued in any process (REST, admin, sweep) reaches it there. With the in-memory
 layer only the same process is reached, which is all a single-process hub needs.
+
+These messages are the fast path; the database is the truth. A message that cannot be
+sent raises ControlUndelivered, so the caller can say so (REST answers 503) instead of
+reporting a stop as done while audio flows; the holder still applies the change at
+its next lease check (`services.hub_lease`, every heartbeat).
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from channels.layers import get_channel_layer
 log = logging.getLogger(__name__)
 
 
+class ControlUndelivered(Exception):
+    """The channel layer refused a control message (e.g. Redis is down)."""
+
+
 def call_group(call_uuid: object) -> str:
     return f"call.{call_uuid}"
 
@@ -26,8 +35,9 @@ async def asend_to_call(call_uuid: object, message: dict[str, Any]) -> None:
         return
     try:
         await layer.group_send(call_group(call_uuid), message)
-    except Exception:  # a control message that cannot be sent must not fail the DB change behind it
-        log.exception("could not send %s to call %s", message.get("type"), call_uuid)
+    except Exception as exc:  # the connection pool already retried (streamhub.envconf)
+        log.warning("could not send %s to call %s: %s: %s", message.get("type"), call_uuid, type(exc).__name__, exc)
+        raise ControlUndelivered(f"{type(exc).__name__}: {exc}") from exc
 
 
 def send_to_call(call_uuid: object, message: dict[str, Any]) -> None:

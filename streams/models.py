@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import string
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -124,7 +125,13 @@ class Application(models.Model):
 
 
 class HubProcess(models.Model):
-    """One row per hub server process: its heartbeat tells the sweep which calls are orphaned."""
+    """One row per hub process lease: its heartbeat tells the sweep which calls are orphaned.
+
+    The row is the process's lease on its calls. The sweep first suspects a silent process,
+    then fences it (`fenced_at`) if it stayed silent; both are conditional updates on this
+    row, as is every heartbeat, so a process either beats first (and stays alive) or finds
+    itself fenced at its next beat (and stops relaying the calls it no longer holds).
+    """
 
     server_id = models.CharField(max_length=200, unique=True)
     started_at = models.DateTimeField(default=timezone.now)
@@ -135,6 +142,9 @@ class HubProcess(models.Model):
     # {stream_id: [state, send-buffer %, playback-queue seconds, frames sent]}, rewritten every ~2 s.
     live_snapshot = models.JSONField(default=dict, blank=True)
     snapshot_at = models.DateTimeField(null=True, blank=True)
+    calls = models.JSONField(default=list, blank=True, help_text="ids of the calls it held at its last heartbeat")
+    suspected_at = models.DateTimeField(null=True, blank=True, help_text="a sweep found its heartbeat stale")
+    fenced_at = models.DateTimeField(null=True, blank=True, help_text="a sweep declared it dead and ended its calls")
 
     class Meta:
         verbose_name_plural = "hub processes"
@@ -181,9 +191,9 @@ class Call(models.Model):
     def __str__(self) -> str:
         return str(self.call_uuid)
 
-    def mark_ended(self) -> bool:
+    def mark_ended(self, *, at: datetime | None = None) -> bool:
         """True only for the caller that actually ended it."""
-        now = timezone.now()
+        now = max(at, self.started_at) if at is not None else timezone.now()
         done = Call.objects.filter(pk=self.pk, status=Call.Status.LIVE).update(status=Call.Status.ENDED, ended_at=now)
         if done:
             self.status, self.ended_at = Call.Status.ENDED, now
@@ -316,8 +326,8 @@ class Stream(models.Model):
     def resource_uri(self) -> str:
         return f"/v1/Account/{self.account.auth_id}/Call/{self.call.call_uuid}/Stream/{self.stream_id}/"
 
-    def mark_started(self) -> bool:
-        now = timezone.now()
+    def mark_started(self, *, at: datetime | None = None) -> bool:
+        now = at or timezone.now()
         done = Stream.objects.filter(pk=self.pk, status=Stream.Status.INITIATED).update(
             status=Stream.Status.IN_PROGRESS, start_time=now
         )
@@ -325,12 +335,13 @@ class Stream(models.Model):
             self.status, self.start_time = Stream.Status.IN_PROGRESS, now
         return done == 1
 
-    def mark_ended(self, *, reason: str, error: str = "", interval: int = 60) -> bool:
+    def mark_ended(self, *, reason: str, error: str = "", interval: int = 60, at: datetime | None = None) -> bool:
         """End the stream with billing for this end time; True only for the caller that ended it.
 
         A conditional UPDATE, so an API stop racing a hangup racing a timeout ends it once.
+        `at` backdates the end (a dead process's streams end at its last sign of life).
         """
-        now = timezone.now()
+        now = max(at, self.start_time or at) if at is not None else timezone.now()
         status = Stream.Status.FAILED if reason == Stream.Reason.CONNECTION_ERROR else Stream.Status.STOPPED
         charge = billing.bill(
             start=self.start_time, end=now, rate_per_minute=self.account.rate_per_minute, interval=interval

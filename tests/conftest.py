@@ -115,7 +115,7 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], tmp: Path) -> Proc:
 def start_hub(tmp: Path, name: str = "hub", *, server: str = "daphne", **overrides: Any) -> Proc:
     port = free_port()
     cmd = hub_command(server, port)
-    proc = _spawn(name, cmd, server_env(STREAMHUB_SERVER_ID=f"{name}-{port}", **overrides), tmp)
+    proc = _spawn(name, cmd, server_env(**{"STREAMHUB_SERVER_ID": f"{name}-{port}", **overrides}), tmp)
     proc.port = port
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

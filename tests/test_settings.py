@@ -20,7 +20,10 @@ print(json.dumps({
   "db": settings.DATABASES["default"]["ENGINE"], "db_name": str(settings.DATABASES["default"]["NAME"]),
   "layer": settings.CHANNEL_LAYERS["default"]["BACKEND"], "broker": settings.CELERY_BROKER_URL,
   "debug": settings.DEBUG, "hosts": settings.ALLOWED_HOSTS, "ssl": settings.SECURE_SSL_REDIRECT,
-  "data": str(settings.DATA_DIR),
+  "data": str(settings.DATA_DIR), "server_id": settings.STREAMHUB_SERVER_ID,
+  "transport": getattr(settings, "CELERY_BROKER_TRANSPORT", None),
+  "lock_timeout": settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS,
+  "statement_timeout": settings.STREAMHUB_DB_STATEMENT_TIMEOUT_SECONDS,
 }))
 """
 
@@ -39,7 +42,8 @@ def test_a_fresh_checkout_needs_no_server(tmp_path: Path) -> None:
     assert got["db"] == "django.db.backends.sqlite3"
     assert str(got["db_name"]).startswith(str(tmp_path))
     assert got["layer"] == "channels.layers.InMemoryChannelLayer"
-    assert got["broker"].startswith("filesystem://")
+    assert got["broker"].startswith("filesystem://") and got["transport"] == "streamhub.broker:Transport"
+    assert got["lock_timeout"] == 5.0 and got["statement_timeout"] == 15.0
     assert got["debug"] is False and got["ssl"] is False
     assert got["hosts"] == ["localhost", "127.0.0.1"]
     key = tmp_path / "secret_key"
@@ -158,3 +162,19 @@ def test_operations_settings_have_defaults_and_parse(tmp_path: Path) -> None:
 def test_malformed_operations_settings_fail_loudly(tmp_path: Path, env: dict[str, str]) -> None:
     got = ops_probe(tmp_path, **env)
     assert "ImproperlyConfigured" in str(got.get("error")) and next(iter(env)) in str(got.get("error"))
+
+
+def test_every_boot_gets_its_own_lease_id_even_under_the_same_name(tmp_path: Path) -> None:
+    """A container restarting with the same hostname and PID (or the same STREAMHUB_SERVER_ID)
+    must not revive a dead process's lease: a boot nonce is always appended."""
+    named = [probe(tmp_path, STREAMHUB_SERVER_ID="hub-1")["server_id"] for _ in range(2)]
+    assert named[0] != named[1] and all(str(i).startswith("hub-1#") for i in named), named
+    default = str(probe(tmp_path)["server_id"])
+    assert default.count(":") == 1 and "#" in default
+
+
+def test_database_timeouts_are_numbers_in_seconds(tmp_path: Path) -> None:
+    got = probe(tmp_path, STREAMHUB_DB_LOCK_TIMEOUT_SECONDS="0.5", STREAMHUB_DB_STATEMENT_TIMEOUT_SECONDS="2")
+    assert got["lock_timeout"] == 0.5 and got["statement_timeout"] == 2.0
+    bad = probe(tmp_path, STREAMHUB_DB_LOCK_TIMEOUT_SECONDS="5s")
+    assert "STREAMHUB_DB_LOCK_TIMEOUT_SECONDS" in str(bad.get("error"))

@@ -101,10 +101,14 @@ class CallDetailApi(APIView):
         summary='Hang up a live call; its streams end with "Call hangup"',
         tags=TAGS,
         request=None,
-        responses={204: OpenApiResponse(description="Hung up; empty body."), 401: ERROR, 404: ERROR},
+        responses={204: OpenApiResponse(description="Hung up; empty body."), 401: ERROR, 404: ERROR, 503: ERROR},
     )
     def delete(self, request: Request, auth_id: str, call_uuid: str) -> Response:
         call = call_for(request, call_uuid)
-        if not services.call_hangup(call=call):
+        try:
+            hung_up = services.call_hangup(call=call)
+        except services.ControlUndelivered:
+            return api_error(services.undelivered_message("The call is hung up"), status=503)
+        if not hung_up:
             return api_error("Call has ended.", status=status.HTTP_404_NOT_FOUND)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -19,6 +19,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from streamhub.middleware import RETRY_AFTER_SECONDS, UNAVAILABLE, database_unavailable
+
 log = logging.getLogger(__name__)
 
 # A start body is a few KiB at most (two 2048-char URLs, 512 bytes of headers); parsers
@@ -73,6 +75,13 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response:
             headers["Retry-After"] = str(int(wait))
         set_rollback()
         return api_error(error_text(exc.detail), status=exc.status_code, headers=headers)
+
+    if database_unavailable(exc):  # an outage, not a bug: tell the client to come back
+        log.warning("%s: database unavailable (%s)", context.get("view").__class__.__name__, type(exc).__name__)
+        set_rollback()
+        return api_error(
+            UNAVAILABLE, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
 
     # A bug: log it with its traceback, but still answer in the API's shape (never an HTML page).
     log.error("unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc)

@@ -30,6 +30,7 @@ from streams.models import Call, Stream
 ERROR = OpenApiResponse(ErrorSerializer, description='{"api_id", "error"}')
 NO_CONTENT = OpenApiResponse(description="Done; empty body.")
 TAGS = ["Streams"]
+RETRY_AFTER_SECONDS = 5
 
 
 def request_body(request: Request) -> Any:
@@ -115,7 +116,7 @@ class StreamCollectionApi(APIView):
         summary="Start an audio stream on a live call",
         tags=TAGS,
         request=StartInput,
-        responses={201: Started, 400: ERROR, 401: ERROR, 404: ERROR, 413: ERROR, 415: ERROR},
+        responses={201: Started, 400: ERROR, 401: ERROR, 404: ERROR, 413: ERROR, 415: ERROR, 503: ERROR},
     )
     def post(self, request: Request, auth_id: str, call_uuid: str) -> Response:
         call = call_for(request, call_uuid)
@@ -137,6 +138,13 @@ class StreamCollectionApi(APIView):
             return api_error(
                 f"bidirectional: {exc}; start the stream with bidirectional=false",
                 status=status.HTTP_400_BAD_REQUEST,
+            )
+        except services.ControlUndelivered:
+            return api_error(
+                "The hub process holding this call could not be reached (channel layer unavailable); "
+                "the stream was not started (it ended at once: Connection error). Try again.",
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         body = {"api_id": new_api_id(), "message": "audio streaming started", "stream_id": stream.stream_id}
         return Response(StreamCollectionApi.Started(body).data, status=status.HTTP_201_CREATED)
@@ -172,14 +180,20 @@ class StreamCollectionApi(APIView):
         summary="Stop every active stream of a call (idempotent)",
         tags=TAGS,
         request=None,
-        responses={204: NO_CONTENT, 401: ERROR, 404: ERROR},
+        responses={204: NO_CONTENT, 401: ERROR, 404: ERROR, 503: ERROR},
     )
     def delete(self, request: Request, auth_id: str, call_uuid: str) -> Response:
         call = call_for(request, call_uuid)
         active = Stream.objects.filter(account=request_account(request), call=call, end_time__isnull=True)
+        undelivered = 0
         for stream in active.select_related("account", "call"):
             # False means a hangup or timeout ended it meanwhile: stopped either way.
-            services.stream_stop(stream=stream)
+            try:
+                services.stream_stop(stream=stream)
+            except services.ControlUndelivered:
+                undelivered += 1
+        if undelivered:
+            return api_error(services.undelivered_message(f"{undelivered} stream(s) stopped"), status=503)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -204,10 +218,14 @@ class StreamDetailApi(APIView):
         summary='Stop one stream (hangup reason "API request")',
         tags=TAGS,
         request=None,
-        responses={204: NO_CONTENT, 400: ERROR, 401: ERROR, 404: ERROR},
+        responses={204: NO_CONTENT, 400: ERROR, 401: ERROR, 404: ERROR, 503: ERROR},
     )
     def delete(self, request: Request, auth_id: str, call_uuid: str, stream_id: str) -> Response:
         stream = stream_for(request, call_uuid, stream_id)
-        if not services.stream_stop(stream=stream, reason=Stream.Reason.API_REQUEST):
+        try:
+            stopped = services.stream_stop(stream=stream, reason=Stream.Reason.API_REQUEST)
+        except services.ControlUndelivered:
+            return api_error(services.undelivered_message("The stream is stopped"), status=503)
+        if not stopped:
             return api_error("No active stream found", status=status.HTTP_400_BAD_REQUEST)
         return Response(status=status.HTTP_204_NO_CONTENT)

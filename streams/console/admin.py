@@ -276,13 +276,24 @@ class ApplicationAdmin(admin.ModelAdmin):
 
 @admin.register(HubProcess)
 class HubProcessAdmin(ReadOnlyRecordAdmin):
-    list_display = ("server_id", "alive", "heartbeat_utc", "started_utc", "live_calls", "capacity")
-    fields = ("server_id", "alive", "heartbeat_utc", "started_utc", "live_calls", "capacity")
+    list_display = ("server_id", "alive", "heartbeat_utc", "started_utc", "live_calls", "capacity", "fenced_at")
+    fields = (
+        "server_id",
+        "alive",
+        "heartbeat_utc",
+        "started_utc",
+        "live_calls",
+        "capacity",
+        "suspected_at",
+        "fenced_at",
+    )
     readonly_fields = fields
     ordering = ("-heartbeat_at",)
 
     @admin.display(boolean=True, description="alive")
     def alive(self, obj: HubProcess) -> bool:
+        if obj.fenced_at is not None:  # the sweep declared it dead and ended its calls
+            return False
         return obj.heartbeat_at >= timezone.now() - timedelta(seconds=settings.STREAMHUB_ORPHAN_AFTER_SECONDS)
 
     @admin.display(description="last heartbeat (UTC)", ordering="heartbeat_at")

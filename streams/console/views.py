@@ -370,8 +370,14 @@ def stop_streams(model_admin: ModelAdmin[Any], request: HttpRequest, streams: It
     """services.stream_stop for each (reason "API request"); one message naming what was stopped and what not."""
     stopped: list[object] = []
     skipped: list[object] = []
+    undelivered: list[object] = []
     for stream in streams:
-        if services.stream_stop(stream=stream, reason=Stream.Reason.API_REQUEST):
+        try:
+            done = services.stream_stop(stream=stream, reason=Stream.Reason.API_REQUEST)
+        except services.ControlUndelivered:
+            done = True
+            undelivered.append(stream.stream_id)
+        if done:
             stopped.append(stream.stream_id)
             model_admin.log_change(request, stream, "Stopped (API request) from the admin")
         else:
@@ -381,6 +387,10 @@ def stop_streams(model_admin: ModelAdmin[Any], request: HttpRequest, streams: It
             request,
             f"Stopped {plural(len(stopped), 'stream')} (reason “API request”): {describe(stopped)}.",
             messages.SUCCESS,
+        )
+    if undelivered:
+        model_admin.message_user(
+            request, services.undelivered_message(f"Stopped {describe(undelivered)}"), messages.WARNING
         )
     if skipped:
         model_admin.message_user(
@@ -430,9 +440,15 @@ def hangup_calls(model_admin: ModelAdmin[Any], request: HttpRequest, calls: Iter
     hung: list[object] = []
     skipped: list[object] = []
     ended_streams = 0
+    undelivered: list[object] = []
     for call in calls:
         live_streams = Stream.objects.filter(call=call, end_time__isnull=True).count()
-        if services.call_hangup(call=call):
+        try:
+            done = services.call_hangup(call=call)
+        except services.ControlUndelivered:
+            done = True
+            undelivered.append(call.call_uuid)
+        if done:
             hung.append(call.call_uuid)
             ended_streams += live_streams
             model_admin.log_change(request, call, "Hung up from the admin")
@@ -444,6 +460,10 @@ def hangup_calls(model_admin: ModelAdmin[Any], request: HttpRequest, calls: Iter
             f"Hung up {plural(len(hung), 'call')}: {describe(hung)}; "
             f"{plural(ended_streams, 'stream')} ended with “Call hangup”.",
             messages.SUCCESS,
+        )
+    if undelivered:
+        model_admin.message_user(
+            request, services.undelivered_message(f"Hung up {describe(undelivered)}"), messages.WARNING
         )
     if skipped:
         model_admin.message_user(
@@ -546,6 +566,12 @@ def start_stream_view(model_admin: ModelAdmin[Any], request: HttpRequest, object
             form.add_error("service_url", "A stream to this URL is already active on this call.")
         except services.PlaybackUnavailable as exc:
             form.add_error("bidirectional", f"Not on this call: {exc}.")
+        except services.ControlUndelivered:
+            form.add_error(
+                None,
+                "The hub process holding this call could not be reached (channel layer unavailable); "
+                "the stream was not started (it ended at once: Connection error). Try again.",
+            )
         else:
             model_admin.log_change(request, call, f"Started stream {stream.stream_id} from the admin")
             model_admin.message_user(

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.db import DatabaseError
+
 from streams.core import audiofork, framing
 from streams.core.gateway import GatewayMetadata, gateway_error
 from streams.live import gateway_auth
-from streams.live.ingest import CLOSE_SETUP_FAILED, MAX_TEXT_FRAME, IngestConsumer
+from streams.live.ingest import CLOSE_SETUP_FAILED, CLOSE_UNAVAILABLE, DB_UNAVAILABLE, MAX_TEXT_FRAME, IngestConsumer
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ class AudioForkConsumer(IngestConsumer):
             await self.send_text(gateway_error(notice))  # the streams themselves are made one-way by stream_create
         try:
             await self.session.begin(meta, joined=self.joined)
+        except DatabaseError:
+            log.warning("%s ingest: call set-up failed: database unavailable", self.gateway)
+            await self.send_text(gateway_error(DB_UNAVAILABLE))
+            await self.close(CLOSE_UNAVAILABLE)
         except Exception:
             # Without its rows or its control group the call cannot be served: say so and hang
             # up rather than swallow audio nobody relays. Teardown ends whatever was created.

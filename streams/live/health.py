@@ -10,6 +10,7 @@ balancer probing every second costs at most one query and one PING per second.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from django.http import HttpRequest, JsonResponse
 
 from streams.live import looplag
 from streams.live.admission import admission
+from streams.live.dbasync import db_async
+from streams.live.session import registry
 
 CHECK_TTL = 2.0
 CHECK_TIMEOUT = 2.0
@@ -72,15 +75,17 @@ redis_check = CachedCheck(_redis)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok", "server_id": settings.STREAMHUB_SERVER_ID})
+    return JsonResponse({"status": "ok", "server_id": registry.server_id})
 
 
-def readyz(request: HttpRequest) -> JsonResponse:
+async def readyz(request: HttpRequest) -> JsonResponse:
+    """Whether this process should get new calls, and why not; `tasks` shows a task leak at a glance."""
     live, limit = admission.live, admission.limit
     lag = looplag.sustained_lag()
     max_lag = settings.STREAMHUB_READY_MAX_LOOP_LAG_SECONDS
-    database = database_check()
-    redis_state = redis_check() if settings.REDIS_URL else "not configured"
+    # the probes block (a query, a PING): in threads, never on the loop that carries the calls
+    database = await db_async(database_check)()
+    redis_state = await asyncio.to_thread(redis_check) if settings.REDIS_URL else "not configured"
     problems = []
     if live >= limit:
         problems.append("at capacity")
@@ -99,5 +104,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
         "database": database,
         "redis": redis_state,
         "problems": problems,
+        "tasks": len(asyncio.all_tasks()),  # asyncio tasks of the process: a leak shows at a glance
     }
     return JsonResponse(body, status=200 if not problems else 503)

@@ -3,12 +3,23 @@ control messages from the channel layer, and one teardown.
 
 One subclass per gateway framing (`live.audiofork`, `live.asterisk`) adapts its frames
 to the CallSession; each is the session's GatewayLink.
+
+Failures of the stores around a call:
+- The control loop survives a channel-layer (Redis) outage: it retries `receive` with
+  backoff and re-joins the call's group once Redis answers again (a restarted Redis has
+  forgotten it). A stop sent meanwhile is refused to its sender (`ControlUndelivered`)
+  and applied here at the next lease check anyway.
+- Joining the call's group is retried (it is idempotent); the connection pool itself
+  health-checks and retries (streamhub.envconf).
+- The control task is stopped with a bounded wait: a cancellation swallowed inside
+  redis-py must not keep a call's task (or the server's connection) alive for ever.
+- A database that cannot be reached on the upgrade is a deliberate refusal (HTTP 503,
+  or under daphne an error frame and close 4503), not an unhandled error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -16,6 +27,7 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.db import DatabaseError
 
 from streams import control
 from streams.core.gateway import gateway_error
@@ -29,7 +41,12 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_FRAME = 64 * 1024
 CLOSE_AT_CAPACITY = 4503
+CLOSE_UNAVAILABLE = 4503  # the same meaning for a gateway: try again later (or another hub)
 CLOSE_SETUP_FAILED = 4500
+CONTROL_STOP_SECONDS = 2.0  # per cancellation of the control task, at most three
+CONTROL_RETRY_MAX_SECONDS = 5.0
+JOIN_ATTEMPTS = 4
+DB_UNAVAILABLE = "hub database unavailable: try again shortly"
 
 
 class IngestConsumer(AsyncWebsocketConsumer):
@@ -42,6 +59,8 @@ class IngestConsumer(AsyncWebsocketConsumer):
     account: Account | None = None
     admitted = False
     subprotocol: str | None = None  # the one we accepted, of those the gateway offered
+    _control_stopping = False
+    _group: str | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve the connection in a task of its own.
@@ -86,20 +105,65 @@ class IngestConsumer(AsyncWebsocketConsumer):
             pass
         finally:
             if control is not None:
-                control.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await control
+                await self._stop_control(control)
             # however the loop ended (disconnect, error, server shutdown), end the call once
             await asyncio.shield(self.teardown())
 
+    async def _stop_control(self, control: asyncio.Task[None]) -> None:
+        """Cancel the control task and wait a bounded time: redis-py's socket-timeout
+        wait_for can swallow a cancellation (Python 3.11), so cancel again, and in the end
+        leave it to the loop's own flag (it ends at its next wake-up, within the layer's
+        5 s BZPOPMIN) rather than hold this connection open for ever."""
+        self._control_stopping = True
+        for _ in range(3):
+            if control.done():
+                break
+            control.cancel()
+            await asyncio.wait({control}, timeout=CONTROL_STOP_SECONDS)
+        if not control.done():
+            log.warning("%s ingest: the control task did not stop when cancelled; it ends on its own", self.gateway)
+        elif not control.cancelled() and control.exception() is not None:
+            log.error("%s ingest: the control task failed", self.gateway, exc_info=control.exception())
+
     async def _control_loop(self) -> None:
-        assert self.channel_layer is not None
-        while True:
-            message = await self.channel_layer.receive(self.channel_name)
+        layer = self.channel_layer
+        assert layer is not None
+        delay = 0.1
+        failing = False
+        while not self._control_stopping:
+            if failing:  # a restarted Redis has forgotten the call's group: join it again first
+                if not await self._rejoin():
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, CONTROL_RETRY_MAX_SECONDS)
+                    continue
+                failing, delay = False, 0.1
+            try:
+                message = await layer.receive(self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down or restarted: keep trying, never give up the call
+                log.warning(
+                    "%s ingest: control channel failed (%s: %s); retrying", self.gateway, type(exc).__name__, exc
+                )
+                failing = True
+                await asyncio.sleep(delay)
+                continue
+            if self._control_stopping:
+                break
             try:
                 await self.dispatch(message)
             except Exception:
                 log.exception("control message %s failed", message.get("type"))
+
+    async def _rejoin(self) -> bool:
+        if self._group is None:
+            return True
+        try:
+            await self.channel_layer.group_add(self._group, self.channel_name)
+        except Exception:
+            return False
+        log.info("%s ingest: control channel back; rejoined %s", self.gateway, self._group)
+        return True
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
@@ -108,7 +172,12 @@ class IngestConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.account = await db_async(gateway_auth.authenticate)(self.scope)
+        try:
+            self.account = await db_async(gateway_auth.authenticate)(self.scope)
+        except DatabaseError as exc:
+            log.warning("%s ingest refused: database unavailable (%s)", self.gateway, type(exc).__name__)
+            await self.refuse_unavailable(DB_UNAVAILABLE)
+            return
         if self.account is None:
             log.warning("%s ingest refused: missing or wrong credentials", self.gateway)
             await self.close()
@@ -125,15 +194,17 @@ class IngestConsumer(AsyncWebsocketConsumer):
         await self.on_open()
 
     async def refuse_at_capacity(self) -> None:
+        await self.refuse_unavailable("hub at capacity: try another hub process", code=CLOSE_AT_CAPACITY)
+
+    async def refuse_unavailable(self, reason: str, *, code: int = CLOSE_UNAVAILABLE) -> None:
         if "websocket.http.response" in self.scope.get("extensions", {}):
-            body = b"hub at capacity: try another hub process"
-            await self.send_http_refusal(503, body)
+            await self.send_http_refusal(503, reason.encode())
             return
         # Daphne cannot answer the upgrade with a status of our choosing: accept, say why, and
         # close with 4503 (daphne only sends 1000 or application codes 3000-4999).
         await self.accept()
-        await self.send(text_data=gateway_error("hub at capacity: try another hub process"))
-        await self.close(code=CLOSE_AT_CAPACITY)
+        await self.send(text_data=gateway_error(reason))
+        await self.close(code=code)
 
     async def send_http_refusal(self, status: int, body: bytes) -> None:
         await self.base_send(
@@ -150,7 +221,18 @@ class IngestConsumer(AsyncWebsocketConsumer):
 
     async def joined(self) -> None:
         assert self.session is not None and self.session.call is not None
-        await self.channel_layer.group_add(control.call_group(self.session.call.call_uuid), self.channel_name)
+        if self.channel_layer is None:
+            return
+        self._group = control.call_group(self.session.call.call_uuid)
+        for attempt in range(1, JOIN_ATTEMPTS + 1):  # idempotent: safe to retry
+            try:
+                await self.channel_layer.group_add(self._group, self.channel_name)
+                return
+            except Exception as exc:
+                if attempt == JOIN_ATTEMPTS:
+                    raise
+                log.warning("%s ingest: joining %s failed (%s); retrying", self.gateway, self._group, exc)
+                await asyncio.sleep(0.1 * 2**attempt)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         await self.teardown()
@@ -163,6 +245,7 @@ class IngestConsumer(AsyncWebsocketConsumer):
             if session is not None:
                 await session.end()
                 if session.call is not None and self.channel_layer is not None:
+                    self._control_stopping = True
                     await self.channel_layer.group_discard(
                         control.call_group(session.call.call_uuid), self.channel_name
                     )

@@ -9,8 +9,12 @@ Contract:
   what waits is counted by the buffer; 30/60/90 % -> DegradedStream, overflow -> drop.
 - It ends exactly once (`stop`), whoever asks: API request, call hangup, stream timeout,
   connection error; `stream_end` in the service layer makes the end idempotent.
+- Its start and end are written until they succeed (`db_persist`): a database outage
+  delays them, never drops them. A stream whose `start` went out always gets its
+  StartStream (before its final callback) and is billed from then, even when its end
+  wins the race with the start's own write.
 - Debug events are queued in memory and written by a background flusher, never awaited
-  on the audio path.
+  on the audio path; a failed write keeps them queued for the next one.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import logging
 import socket
 import ssl
 import time
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
+from django.utils import timezone
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
@@ -36,7 +42,7 @@ from streams.core.buffer import Degraded, Overflow, SendBuffer
 from streams.core.noise import ENGINE, NoiseSuppressor
 from streams.core.playback import QueueFull
 from streams.live import tally
-from streams.live.dbasync import db_async
+from streams.live.dbasync import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, db_async, db_persist
 from streams.models import Stream
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,7 @@ MAX_MESSAGE = 16 * 1024 * 1024  # D14: beyond this the library closes with 1009
 DEBUG_EVENT_LIMIT = 200  # per kind of peer-triggered event, then one "suppressed" note
 SAMPLE_EVERY = 1.0
 MAX_SAMPLES = 3600
+CANCELLED = "the relay was cancelled without a stop request (the hub process is shutting down)"
 
 
 def redact_url(url: str) -> str:
@@ -127,6 +134,7 @@ class StreamRelay:
         self.end_reason: str | None = None
         self.end_error = ""
         self.connected = False
+        self.started_at: datetime | None = None  # when `start` went out (wall clock)
         self._idle = False
         self._running = False
         self.frames_sent = 0
@@ -144,6 +152,8 @@ class StreamRelay:
         # one DB write of this stream at a time, so debug events and callbacks keep their order
         self._db_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._start_in_flight = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timeout: asyncio.TimerHandle | None = None
         self.done = asyncio.Event()
@@ -217,7 +227,9 @@ class StreamRelay:
                 if ws is not None and self.end_reason is None:
                     await self._serve(ws)
         except asyncio.CancelledError:
-            pass
+            if self.end_reason is None:  # not stop(): the event loop is being shut down
+                log.warning("stream %s: %s", self.stream_id, CANCELLED)
+                self.end_reason, self.end_error = Stream.Reason.CONNECTION_ERROR, CANCELLED
         except ConnectionClosed as exc:
             self.stop(Stream.Reason.CONNECTION_ERROR, describe_close(exc))
         except Exception as exc:  # a relay bug must end this stream only, loudly
@@ -282,7 +294,8 @@ class StreamRelay:
             )
         )
         self.connected = True
-        self._spawn(self._record_started())  # the audio does not wait for the database
+        self.started_at = timezone.now()
+        self._start_task = self._spawn(self._record_started())  # the audio does not wait for the database
         reader = self._spawn(self._read(ws))
         try:
             await self._write(ws)
@@ -290,12 +303,32 @@ class StreamRelay:
             reader.cancel()
 
     async def _record_started(self) -> None:
-        try:
-            await self._flush_now()  # debug events so far, in order, before StartStream
-            async with self._db_lock:
-                await db_async(services.stream_mark_started)(stream=self.stream)
-        except Exception:
-            log.exception("could not record the start of stream %s", self.stream_id)
+        """StartStream, retried until written or until the stream ends: then the end's own
+        transaction records the start (`stream_end(started_at=…)`), so the end never waits
+        for a database that keeps failing this write. A try in flight is never cancelled
+        (its debug events might be written twice)."""
+        async with self._db_lock:
+            entries, self._events = self._events, []  # debug events so far, in order, before StartStream
+            delay = RETRY_FIRST_SECONDS
+            try:
+                while True:
+                    self._start_in_flight = True
+                    try:
+                        await db_async(services.stream_mark_started)(
+                            stream=self.stream, at=self.started_at, log_entries=entries
+                        )
+                        return
+                    except Exception as exc:
+                        log.warning("could not record the start of stream %s: %s", self.stream_id, exc)
+                    finally:
+                        self._start_in_flight = False
+                    if self.end_reason is not None:
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_SECONDS)
+            except asyncio.CancelledError:
+                pass  # cancelled between tries: nothing of this try reached the database
+            self._events[:0] = entries  # not written: they go with the end
 
     async def _write(self, ws: ClientConnection) -> None:
         buffer, wake = self.buffer, self._wake
@@ -366,6 +399,9 @@ class StreamRelay:
     async def _finish_inner(self) -> None:
         if self._timeout is not None:
             self._timeout.cancel()
+        if self._start_task is not None and not self._start_in_flight:
+            self._start_task.cancel()  # between tries; a try in flight finishes first (the lock)
+        ended_at = timezone.now()  # the end is the stream's, not the (possibly much later) write's
         reason = self.end_reason or Stream.Reason.CONNECTION_ERROR
         self.end_reason = reason
         ws, self.ws = self.ws, None
@@ -378,14 +414,20 @@ class StreamRelay:
         self._log_noise_summary()
         self._sample(time.monotonic(), force=True)
         stats = {"frames_sent": self.frames_sent, "played_ms": self.played_ms, "buffer_samples": self.samples}
-        try:
-            await self._flush_now()
-            async with self._db_lock:
-                await db_async(services.stream_end)(
-                    stream=self.stream, reason=reason, error=self.end_error, stats=stats, notify_session=False
-                )
-        except Exception:
-            log.exception("could not record the end of stream %s", self.stream_id)
+        async with self._db_lock:
+            entries, self._events = self._events, []
+            await db_persist(
+                services.stream_end,
+                what=f"end of stream {self.stream_id}",
+                stream=self.stream,
+                reason=reason,
+                error=self.end_error,
+                stats=stats,
+                notify_session=False,
+                started_at=self.started_at if self.connected else None,
+                at=ended_at,
+                log_entries=entries,
+            )
 
     async def _close_socket(self, ws: ClientConnection, reason: str) -> None:
         slow = self.end_error == services.DROPPED_SLOW
@@ -558,20 +600,30 @@ class StreamRelay:
             self.log_event(event, f"more than {DEBUG_EVENT_LIMIT} such events; further ones are not logged")
 
     async def _flush_events(self) -> None:
+        delay = RETRY_FIRST_SECONDS
         while True:
             await self._events_wake.wait()
             self._events_wake.clear()
-            await self._flush_now()
+            if await self._flush_now():
+                delay = RETRY_FIRST_SECONDS
+                continue
+            self._events_wake.set()  # kept queued: try again after a pause
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def _flush_now(self) -> None:
+    async def _flush_now(self) -> bool:
+        """Write the queued debug events; False (and they stay queued, in order) when that failed."""
         async with self._db_lock:
             if not self._events:
-                return
+                return True
             entries, self._events = self._events, []
             try:
                 await db_async(services.stream_log_batch)(stream=self.stream, entries=entries)
-            except Exception:
-                log.exception("could not write %d debug events of stream %s", len(entries), self.stream_id)
+            except Exception as exc:
+                self._events[:0] = entries
+                log.warning("could not write %d debug events of stream %s: %s", len(entries), self.stream_id, exc)
+                return False
+            return True
 
 
 def describe_connect_error(exc: BaseException) -> str:

@@ -6,6 +6,12 @@ through the channel layer), fans every 20 ms of gateway audio out to them withou
 awaiting anything, plays bidirectional streams' audio back into the call on an absolute
 20 ms clock, and ends every stream with "Call hangup" when the call goes away.
 Framing differences between gateways live in the consumer's GatewayLink, not here.
+
+The Registry holds this process's sessions and its lease (`HubProcess` row): every
+heartbeat says which calls it holds and applies what the database says of them (a call
+or stream ended elsewhere is closed here, a stream it was never told about is started).
+A process that finds its lease fenced (it stalled, or the sweep took it for dead) stops
+relaying and hangs up every call it held, then beats again under a new lease id.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
 import uuid
 from collections import deque
@@ -21,6 +28,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import IntegrityError
+from django.utils import timezone
 
 from streamhub import logs
 from streams import services
@@ -30,7 +38,7 @@ from streams.core.playback import Pacer, PlaybackQueue, Played
 from streams.core.validation import StreamParamError, validate_stream_params
 from streams.live.admission import admission
 from streams.live.application import ApplicationRunner
-from streams.live.dbasync import db_async
+from streams.live.dbasync import db_async, db_persist
 from streams.live.relay import StreamRelay, redact_url
 from streams.models import Account, Call, Stream
 
@@ -38,6 +46,9 @@ log = logging.getLogger(__name__)
 
 TAP_SLACK = 0.020
 RECENT_FRAMES = 150  # 3 s
+CLOSE_LEASE_LOST = 4409  # the gateway socket of a call this process no longer holds
+LEASE_LOST = "the hub process lost its lease on the call (it stalled or was cut off from the database)"
+CALL_ENDED_ELSEWHERE = "the call was ended by another process"
 
 
 class GatewayLink(Protocol):
@@ -70,6 +81,7 @@ class CallSession:
         self.rate = 8000
         self.channels = 1
         self.relays: dict[str, StreamRelay] = {}
+        self.finished: set[str] = set()  # streams whose relay ended here: never dialled again
         self._relay_list: tuple[StreamRelay, ...] = ()
         self._reframer = Reframer(frame_bytes(8000))
         self._silence = silence(8000)
@@ -87,6 +99,8 @@ class CallSession:
         self._play_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ended = False
+        self.end_reason: str = Stream.Reason.CALL_HANGUP
+        self.end_error = ""
         self._ending: asyncio.Future[None] | None = None
         self.bad_frames = 0
         self.frames_in = 0
@@ -112,7 +126,9 @@ class CallSession:
         """
         self.set_format(rate=meta.sample_rate, channels=meta.channels)
         self.audio_since = time.time()
-        self.call = await db_async(_open_call)(account=self.account, meta=meta, gateway=self.gateway)
+        self.call = await db_async(_open_call)(
+            account=self.account, meta=meta, gateway=self.gateway, server_id=registry.server_id
+        )
         registry.add(self)
         # this connection's later log lines (bound after registry.add: its heartbeat task is no one call's)
         logs.bind(call_uuid=str(self.call.call_uuid), account=self.account.auth_id)
@@ -151,7 +167,7 @@ class CallSession:
         self, stream: Stream, *, backfill: bool = False, backfill_since: float | None = None
     ) -> StreamRelay | None:
         key = str(stream.stream_id)
-        if key in self.relays or self.ended:
+        if key in self.relays or key in self.finished or self.ended:
             return self.relays.get(key)
         relay = StreamRelay(session=self, stream=stream, gateway_rate=self.rate)
         if backfill_since is not None:
@@ -214,7 +230,8 @@ class CallSession:
         frames = min(len(self._recent_in), math.ceil(age / 0.020))
         if not frames:
             return
-        relay.backdate(stream.created_at.timestamp())
+        # a stream found late (at a lease check) gets the ring's last seconds, timed as such
+        relay.backdate(max(stream.created_at.timestamp(), time.time() - frames * 0.020))
         recent = zip(list(self._recent_in)[-frames:], list(self._recent_out)[-frames:], strict=True)
         for inbound, outbound in recent:
             relay.on_audio(inbound, outbound, False)
@@ -225,6 +242,7 @@ class CallSession:
             relay.stop(reason)
 
     def relay_finished(self, relay: StreamRelay) -> None:
+        self.finished.add(relay.stream_id)  # its end may still be on its way to the database
         self.playback.clear(relay.stream_id)
         self.relays.pop(relay.stream_id, None)
         self._relay_list = tuple(self.relays.values())
@@ -428,6 +446,13 @@ class CallSession:
         await self.link.close(1000)
         await self.end()
 
+    async def lease_lost(self, error: str) -> None:
+        """This process no longer holds the call: stop relaying, close both sides, record why."""
+        if not self.ended:
+            self.end_reason, self.end_error = Stream.Reason.CONNECTION_ERROR, error
+        await self.link.close(CLOSE_LEASE_LOST)
+        await self.end()
+
     async def end(self) -> None:
         """The call is over: every stream ends with "Call hangup", then the call row.
 
@@ -440,17 +465,24 @@ class CallSession:
 
     async def _end(self) -> None:
         self.ended = True
+        ended_at = timezone.now()
         relays = list(self.relays.values())
         for relay in relays:
-            relay.stop(Stream.Reason.CALL_HANGUP)
+            relay.stop(self.end_reason, self.end_error)
         await asyncio.gather(*(relay.wait() for relay in relays), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         if self.call is not None:
-            try:
-                await db_async(services.call_end)(call=self.call, notify_session=False)
-            except Exception:
-                log.exception("could not end call %s", self.call.call_uuid)
+            # Until this succeeds the process still holds the call (it stays in its heartbeat).
+            await db_persist(
+                services.call_end,
+                what=f"end of call {self.call.call_uuid}",
+                call=self.call,
+                notify_session=False,
+                reason=self.end_reason,
+                error=self.end_error,
+                at=ended_at,
+            )
         registry.discard(self)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -460,7 +492,7 @@ class CallSession:
         return task
 
 
-def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str) -> Call:
+def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str, server_id: str) -> Call:
     """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one.
 
     The call's application is chosen here too (services.application_for_call); a named app
@@ -494,6 +526,7 @@ def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str) -> Call
         "gateway": gateway,
         "metadata": metadata,
         "application": application,
+        "server_id": server_id,
     }
     if candidate is not None and not Call.objects.filter(call_uuid=candidate).exists():
         try:
@@ -512,35 +545,103 @@ def _load_stream(*, call: Call, stream_id: str) -> Stream | None:
     return stream
 
 
+def new_lease_id() -> str:
+    """A lease id: the configured server id with a fresh nonce (a fenced lease is never revived)."""
+    base = settings.STREAMHUB_SERVER_ID.rpartition("#")[0] or settings.STREAMHUB_SERVER_ID
+    return f"{base}#{secrets.token_hex(4)}"
+
+
 class Registry:
-    """The sessions of this process, and its heartbeat (the sweep's sign of life)."""
+    """The sessions of this process, and its lease: a heartbeat that is also a check of its calls."""
 
     def __init__(self) -> None:
         self.sessions: set[CallSession] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._server_id: str | None = None
+        self.leases_lost = 0
+
+    @property
+    def server_id(self) -> str:
+        if self._server_id is None:
+            self._server_id = settings.STREAMHUB_SERVER_ID
+        return self._server_id
 
     def add(self, session: CallSession) -> None:
         self.sessions.add(session)
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+        loop = asyncio.get_running_loop()
+        if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not loop:
+            # Beats from the first call on for the life of the process, so an idle process
+            # keeps its lease and the sweep can tell it from a dead one.
+            self._heartbeat = loop.create_task(self._beat())
 
     def discard(self, session: CallSession) -> None:
         self.sessions.discard(session)
 
+    def _held(self) -> dict[int, list[str]]:
+        return {s.call.pk: [*s.relays, *s.finished] for s in self.sessions if s.call is not None}
+
     async def _beat(self) -> None:
         while True:
             try:
-                await db_async(services.hub_heartbeat)(
-                    server_id=settings.STREAMHUB_SERVER_ID,
-                    live_calls=len(self.sessions),
-                    capacity=admission.limit,
-                )
-            except Exception:
-                log.exception("heartbeat failed")
-            if not self.sessions:
-                self._heartbeat = None
-                return
+                await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Try again soon: after a database outage a prompt beat clears the sweep's suspicion.
+                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(min(1.0, settings.STREAMHUB_HEARTBEAT_SECONDS))
+                continue
             await asyncio.sleep(settings.STREAMHUB_HEARTBEAT_SECONDS)
 
+    async def beat(self) -> None:
+        held = self._held()
+        server_id = self.server_id
+        lease: services.Lease = await db_async(services.hub_lease)(
+            server_id=server_id, live_calls=len(self.sessions), capacity=admission.limit, relays=held
+        )
+        if not lease.held:
+            await self._lease_lost(server_id)
+            return
+        by_call = {s.call.pk: s for s in self.sessions if s.call is not None}
+        ended_calls = set(lease.ended_calls)
+        for call_id in ended_calls:
+            session = by_call.get(call_id)
+            if session is not None and not session.ended:
+                log.warning("call %s was ended by another process: hanging up here", session.call)
+                self._spawn(session.lease_lost(CALL_ENDED_ELSEWHERE))
+        for session in by_call.values():
+            for stream_id, reason in lease.ended_streams.items():
+                relay = session.relays.get(stream_id)
+                if relay is not None:
+                    relay.stop(reason or Stream.Reason.CONNECTION_ERROR)
+        for call_id, stream_ids in lease.unknown_streams.items():
+            session = by_call.get(call_id)
+            if session is None or call_id in ended_calls:
+                continue
+            for stream_id in stream_ids:
+                log.info("call %s: stream %s found at the lease check: starting it", session.call, stream_id)
+                self._spawn(session.start_stream(stream_id))
 
+    async def _lease_lost(self, server_id: str) -> None:
+        """Fenced: new calls beat under a new lease id; every call of the old one is hung up."""
+        self.leases_lost += 1
+        if self._server_id == server_id or self._server_id is None:
+            self._server_id = new_lease_id()
+        doomed = [s for s in self.sessions if s.call is not None and s.call.server_id == server_id]
+        log.error(
+            "lease %s was fenced by the orphan sweep: hanging up its %d calls; new calls run as %s",
+            server_id,
+            len(doomed),
+            self._server_id,
+        )
+        for session in doomed:
+            self._spawn(session.lease_lost(LEASE_LOST))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[Any]] = set()
 registry = Registry()

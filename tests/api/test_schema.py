@@ -56,7 +56,7 @@ def test_the_schema_needs_no_credentials_and_describes_basic_auth() -> None:
     assert all(op["security"] == [{"basicAuth": []}] for _, _, op in operations.values())
     start = operations["stream_start"][2]
     assert set(start["requestBody"]["content"]) >= {"application/json", "application/x-www-form-urlencoded"}
-    assert set(start["responses"]) == {"201", "400", "401", "404", "413", "415"}
+    assert set(start["responses"]) == {"201", "400", "401", "404", "413", "415", "503"}
 
 
 @pytest.mark.django_db

@@ -386,9 +386,10 @@ def orphan_setup(account: Account, receiver: Receiver) -> tuple[Stream, Stream]:
     alive = started_stream(account, url)
     Call.objects.filter(pk=alive.call_id).update(server_id="hub-alive")
     Stream.objects.filter(pk=alive.pk).update(server_id="hub-alive")
-    HubProcess.objects.update_or_create(
-        server_id="hub-alive", defaults={"heartbeat_at": timezone.now() + timedelta(hours=1)}
-    )
+    lease, _ = HubProcess.objects.get_or_create(server_id="hub-alive")
+    lease.heartbeat_at = timezone.now() + timedelta(hours=1)
+    lease.calls = [*lease.calls, alive.call_id]  # it holds its calls
+    lease.save()
     return dead, alive
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from typing import Any
 
 import pytest
+from django.db import OperationalError
 
+from callbacks.models import CallbackDelivery
 from streams import services
 from streams.core.validation import validate_stream_params
 from streams.live.relay import StreamRelay
 from streams.models import Account, Stream
-from tests.support import db
+from tests.support import Customer, db, eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,3 +58,89 @@ async def test_a_relay_stopped_before_its_task_ran_still_ends_once(account: Acco
     assert host.finished == [relay]
     row = await db(lambda: Stream.objects.get(pk=stream.pk))()
     assert row.hangup_reason == "Call hangup" and row.status == "stopped"
+
+
+def _stream_to(account: Account, url: str) -> Stream:
+    call = services.call_open(account=account, call_uuid=uuid.uuid4())
+    params = validate_stream_params({"service_url": url, "status_callback_url": "http://127.0.0.1:9/cb"})
+    stream = services.stream_create(call=call, params=params, notify_session=False)
+    return Stream.objects.select_related("account", "call").get(pk=stream.pk)
+
+
+def failing_first(monkeypatch: pytest.MonkeyPatch, name: str, times: int) -> list[str]:
+    """Fault injection: the first `times` calls of services.<name> raise as a lost database would."""
+    real = getattr(services, name)
+    calls: list[str] = []
+
+    def flaky(**kwargs: Any) -> Any:
+        calls.append(name)
+        if len(calls) <= times:
+            raise OperationalError(f"injected: {name} #{len(calls)} failed")
+        return real(**kwargs)
+
+    monkeypatch.setattr(services, name, flaky)
+    return calls
+
+
+async def test_the_first_lifecycle_writes_failing_delays_them_and_loses_nothing(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first 3 start writes and the first 3 end writes raise: the stream still gets exactly
+    one StartStream, one StopStream (in that order, each with its outbox row) and its bill."""
+    starts = failing_first(monkeypatch, "stream_mark_started", 3)
+    ends = failing_first(monkeypatch, "stream_end", 3)
+    async with Customer() as customer:
+        stream = await db(_stream_to)(account, customer.url)
+        host = FakeHost()
+        relay = StreamRelay(session=host, stream=stream, gateway_rate=8000)
+        relay.start()
+        await eventually(lambda: customer.events("start"))
+        for _ in range(10):
+            relay.on_audio(b"\x01\x00" * 160, b"\x00\x00" * 160)
+        await eventually(lambda: len(customer.events("media")) == 10)
+        await eventually(lambda: len(starts) > 3, timeout=15)
+        relay.stop(Stream.Reason.CALL_HANGUP)
+        await asyncio.wait_for(relay.wait(), 30)
+    assert len(starts) == 4 and len(ends) == 4
+    row = await db(lambda: Stream.objects.get(pk=stream.pk))()
+    assert row.status == "stopped" and row.hangup_reason == "Call hangup"
+    assert row.start_time is not None and row.rounded_bill_duration == 60 and row.frames_sent == 10
+    names = await db(lambda: list(row.events.values_list("event", flat=True)))()
+    assert names == ["StreamCreated", "Connected", "StartStream", "StopStream"]
+    outbox = await db(lambda: list(CallbackDelivery.objects.filter(stream=row).values_list("event", flat=True)))()
+    assert outbox == ["StartStream", "StopStream"]
+
+
+async def test_a_stream_whose_start_went_out_has_its_start_stream_even_when_the_end_wins_the_race(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The customer hangs up the moment it gets `start`, while the start's own write keeps
+    failing: the end records the start first (StartStream, billed), it does not wait for it."""
+    failing_first(monkeypatch, "stream_mark_started", 1000)
+    async with Customer(close_after=1) as customer:
+        stream = await db(_stream_to)(account, customer.url)
+        relay = StreamRelay(session=FakeHost(), stream=stream, gateway_rate=8000)
+        relay.start()
+        await asyncio.wait_for(relay.wait(), 30)
+    assert customer.events("start")
+    row = await db(lambda: Stream.objects.get(pk=stream.pk))()
+    assert row.status == "failed" and row.start_time is not None and row.rounded_bill_duration == 60
+    names = await db(lambda: list(row.events.values_list("event", flat=True)))()
+    assert names.index("StartStream") < names.index("DroppedStream"), names
+    outbox = await db(lambda: list(CallbackDelivery.objects.filter(stream=row).values_list("event", flat=True)))()
+    assert outbox == ["StartStream", "DroppedStream"]
+
+
+async def test_a_relay_cancelled_without_a_stop_says_so(account: Account) -> None:
+    async with Customer() as customer:
+        stream = await db(_stream_to)(account, customer.url)
+        relay = StreamRelay(session=FakeHost(), stream=stream, gateway_rate=8000)
+        relay.start()
+        await eventually(lambda: customer.events("start"))
+        assert relay._task is not None
+        relay._task.cancel()  # what the event loop's shutdown does to every task
+        await asyncio.wait_for(relay.wait(), 30)
+    row = await db(lambda: Stream.objects.get(pk=stream.pk))()
+    assert row.last_error == "the relay was cancelled without a stop request (the hub process is shutting down)"
+    dropped = await db(lambda: row.events.get(event="DroppedStream"))()
+    assert dropped.params["Error"] == row.last_error
