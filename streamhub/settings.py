@@ -191,6 +191,10 @@ CELERY_BEAT_SCHEDULE = {
 STREAMHUB_SERVER_ID = os.getenv("STREAMHUB_SERVER_ID") or f"{socket.gethostname()}:{os.getpid()}"
 STREAMHUB_PUBLIC_URL = os.getenv("STREAMHUB_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 STREAMHUB_STREAM_BUFFER_SECONDS = env_float("STREAMHUB_STREAM_BUFFER_SECONDS", default=40.0, minimum=0.1)
+# A threshold of the send buffer (30/60/90 %) sends DegradedStream at most once per this many seconds.
+STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS = env_float(
+    "STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS", default=30.0, minimum=0.0
+)
 STREAMHUB_PLAYBACK_QUEUE_SECONDS = env_float("STREAMHUB_PLAYBACK_QUEUE_SECONDS", default=60.0, minimum=1.0)
 STREAMHUB_CONNECT_TIMEOUT = env_float("STREAMHUB_CONNECT_TIMEOUT", default=5.0, minimum=0.1)
 STREAMHUB_CONNECT_RETRY_DELAY = env_float("STREAMHUB_CONNECT_RETRY_DELAY", default=0.5, minimum=0.0)

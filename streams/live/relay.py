@@ -107,7 +107,9 @@ class StreamRelay:
         self._chunk = 0
         self.template = plivo.MediaTemplate(self.stream_id, stream.extra_headers)
         self.decoder = Decoder(gateway_rate)
-        self.buffer = SendBuffer(settings.STREAMHUB_STREAM_BUFFER_SECONDS)
+        self.buffer = SendBuffer(
+            settings.STREAMHUB_STREAM_BUFFER_SECONDS, min_interval=settings.STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS
+        )
         self.seq = 1  # `start` is 1; every later frame takes the next number when it is queued
         self.start_ms = int(time.time() * 1000)
         self.started_mono = time.monotonic()
@@ -370,11 +372,12 @@ class StreamRelay:
         if self.end_reason is not None:
             return
         buffer, template, start_ms = self.buffer, self.template, self.start_ms
+        now = time.monotonic()
         if self._plain_inbound:  # the common case, without the general loop's lookups
             chunk = self._chunk = self._chunk + 1
             seq = self.seq = self.seq + 1
             message = template.render(seq, "inbound", start_ms + 20 * (chunk - 1), chunk, inbound)
-            events = buffer.push(message, FRAME_SECONDS)
+            events = buffer.push(message, FRAME_SECONDS, now)
             if events:
                 self._on_buffer_events(events)
         else:
@@ -386,13 +389,12 @@ class StreamRelay:
                     self.chunks[track] = chunk
                     self.seq += 1
                     message = template.render(self.seq, track, start_ms + 20 * (chunk - 1), chunk, payload)
-                    events = buffer.push(message, FRAME_SECONDS if first else 0.0)
+                    events = buffer.push(message, FRAME_SECONDS if first else 0.0, now)
                     first = False
                     if events:
                         self._on_buffer_events(events)
         if wake:
             self._wake.set()
-        now = time.monotonic()
         if now >= self._next_sample:
             self._sample(now)
 
@@ -419,7 +421,9 @@ class StreamRelay:
         if self.end_reason is not None:
             return
         self.seq += 1
-        self.buffer.push(message_for_seq(self.seq), 0.0)
+        events = self.buffer.push(message_for_seq(self.seq), 0.0, time.monotonic())
+        if events:  # the item bound: a customer that never reads cannot pile these up
+            self._on_buffer_events(events)
         self._wake.set()
 
     def on_dtmf(self, digit: str) -> None:

@@ -1,0 +1,138 @@
+"""Hostile and clumsy peers against a real hub (issue 15): floods, memory, metadata edge cases.
+
+Each test drives a real hub subprocess with a gateway client and customer servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from streams.models import Account, StreamEvent
+from tests.conftest import Proc
+from tests.support import Gateway, basic_auth, db, eventually, ramp
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def gateway_for(hub: Proc, account: Account) -> Gateway:
+    return Gateway(f"{hub.ws}/ingest/audio-fork", basic_auth(account.auth_id, account.auth_token))
+
+
+def degraded_events(stream_id: str) -> list[int]:
+    rows = StreamEvent.objects.filter(stream__stream_id=stream_id, event="DegradedStream").order_by("id")
+    return [int(params["BufferUsage"]) for params in rows.values_list("params", flat=True)]
+
+
+# --- §1: DegradedStream floods ------------------------------------------------------------
+
+
+@dataclass
+class PacedCustomer:
+    """A customer that reads its stream with a chosen lag behind the audio (now - media timestamp).
+
+    It swings the lag by ±`swing` seconds around `center` once a second (a square wave: it stops
+    reading for half a second, then catches up), so the hub's send buffer crosses whatever level
+    the centre sits at twice a second. It reads one message at a time through a small receive
+    buffer, so what it has not read waits in the hub.
+    """
+
+    swing: float = 0.25
+    center: float = 0.0
+    port: int = 0
+    stream_id: str = ""
+    received: int = 0
+    lags: list[float] = field(default_factory=list)
+    _server: Any = None
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        start = json.loads(await conn.recv())
+        self.stream_id = start["start"]["streamId"]
+        began = time.monotonic()
+        while True:
+            try:
+                message = json.loads(await conn.recv())
+            except Exception:
+                return
+            if message.get("event") != "media":
+                continue
+            self.received += 1
+            lag = time.time() - int(message["media"]["timestamp"]) / 1000
+            self.lags.append(lag)
+            phase = (time.monotonic() - began) % 1.0
+            target = self.center + (self.swing if phase < 0.5 else -self.swing)
+            if lag < target:
+                await asyncio.sleep(min(0.05, target - lag))
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def __aenter__(self) -> PacedCustomer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self._server = await serve(self._handler, sock=sock, max_queue=1, compression=None, max_size=None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def ramp_until(
+    customer: PacedCustomer, seen: Callable[[], Any], *, rate: float = 0.5, limit: float = 40.0
+) -> None:
+    """Raise the customer's lag at `rate` seconds per second until `seen()` holds."""
+    deadline = time.monotonic() + limit
+    while not await seen():
+        assert time.monotonic() < deadline, f"not seen after {limit} s (lag {customer.center:.2f} s)"
+        await asyncio.sleep(0.1)
+        customer.center += rate * 0.1
+
+
+async def test_a_backlog_held_near_a_threshold_gets_one_degraded_stream_per_threshold(
+    hub_factory: Callable[..., Proc], account: Account
+) -> None:
+    """Held at 30 % then at 60 % (crossing each level twice a second): one notice per threshold.
+    Recovered below 20 % and slow again: a new notice. Before hysteresis, one per crossing."""
+    hub = hub_factory(STREAMHUB_STREAM_BUFFER_SECONDS="8", STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS="2")
+    hold = 6.0  # three minimum intervals, twelve crossings
+    async with PacedCustomer() as customer:
+        gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": customer.url}]})
+        sender = asyncio.get_running_loop().create_task(gw.send_frames(ramp(8000 * 120), interval=0.02))
+        try:
+            await eventually(lambda: customer.stream_id)
+            events = db(degraded_events)
+
+            async def count(pct: int, n: int = 1) -> bool:
+                return (await events(customer.stream_id)).count(pct) >= n
+
+            customer.center = 1.0
+            await ramp_until(customer, lambda: count(30))
+            await asyncio.sleep(hold)
+            assert await events(customer.stream_id) == [30]
+
+            await ramp_until(customer, lambda: count(60))
+            await asyncio.sleep(hold)
+            assert await events(customer.stream_id) == [30, 60]
+
+            customer.center, customer.swing = 0.0, 0.0  # catch up: the backlog falls below 20 %
+            await eventually(lambda: customer.lags and customer.lags[-1] < 0.5, timeout=20)
+            await asyncio.sleep(1.0)
+            customer.center, customer.swing = 1.0, 0.25
+            await ramp_until(customer, lambda: count(30, 2))
+            assert await events(customer.stream_id) == [30, 60, 30]
+        finally:
+            sender.cancel()
+            await gw.close()
