@@ -33,7 +33,7 @@ from streams import services
 from streams.core import framing, plivo
 from streams.core.audio import Decoder, Encoder, Format
 from streams.core.buffer import Degraded, Overflow, SendBuffer
-from streams.core.playback import QueueFull
+from streams.core.playback import QueueFull, TooManyCheckpoints
 from streams.live.dbasync import db_async
 from streams.models import Stream
 
@@ -83,7 +83,8 @@ class RelayHost(Protocol):
         """Queue decoded `playAudio` audio for the call; raises QueueFull beyond the bound."""
 
     def checkpoint(self, relay: StreamRelay, name: str) -> bool:
-        """False when the checkpoint is due at once; True when it waits behind queued audio."""
+        """False when the checkpoint is due at once; True when it waits behind queued audio.
+        Raises TooManyCheckpoints when the stream has MAX_OUTSTANDING_CHECKPOINTS waiting."""
 
     def clear(self, relay: StreamRelay) -> tuple[int, list[str]]:
         """Drop this stream's queued audio: (frames dropped, checkpoint names dropped)."""
@@ -460,7 +461,11 @@ class StreamRelay:
             except QueueFull as exc:
                 self.log_noisy("InvalidMessage", str(exc))
         elif isinstance(command, plivo.Checkpoint):
-            queued = session.checkpoint(self, command.name)
+            try:
+                queued = session.checkpoint(self, command.name)
+            except TooManyCheckpoints as exc:
+                self.log_noisy("CheckpointIgnored", str(exc))
+                return
             self.log_noisy("Checkpoint", "", {"Name": command.name, "Queued": "true" if queued else "false"})
             if not queued:
                 self.on_played(command.name)

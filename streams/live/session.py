@@ -25,7 +25,7 @@ from django.db import IntegrityError
 from streams import services
 from streams.core.audio import Reframer, frame_bytes, silence, split_stereo
 from streams.core.gateway import GatewayMetadata, gateway_error
-from streams.core.playback import Pacer, PlaybackQueue, Played
+from streams.core.playback import MAX_OUTSTANDING_CHECKPOINTS, Pacer, PlaybackQueue, Played, TooManyCheckpoints
 from streams.core.validation import StreamParamError, validate_stream_params
 from streams.live.admission import admission
 from streams.live.dbasync import db_async
@@ -90,6 +90,7 @@ class CallSession:
         self.frames_in = 0
         self.playback_paused = False
         self._marks: dict[str, tuple[str, str]] = {}  # correlation id -> (stream id, checkpoint name)
+        self._marks_of: dict[str, int] = {}  # stream id -> marks the gateway has not confirmed yet
         self._mark_seq = 0
 
     # --- setup ------------------------------------------------------------------------
@@ -178,6 +179,10 @@ class CallSession:
 
     def relay_finished(self, relay: StreamRelay) -> None:
         self.playback.clear(relay.stream_id)
+        if self._marks_of.pop(relay.stream_id, 0):
+            for correlation_id, (owner, _) in list(self._marks.items()):
+                if owner == relay.stream_id:
+                    del self._marks[correlation_id]
         self.relays.pop(relay.stream_id, None)
         self._relay_list = tuple(self.relays.values())
 
@@ -232,10 +237,21 @@ class CallSession:
         self._play_wake.set()
 
     def checkpoint(self, relay: StreamRelay, name: str) -> bool:
-        """False when it is due at once; True when it waits behind this stream's audio or marks."""
-        if self.playback.append_checkpoint(relay.stream_id, name):
+        """False when it is due at once; True when it waits behind this stream's audio or marks.
+
+        Raises TooManyCheckpoints when the stream already has MAX_OUTSTANDING_CHECKPOINTS
+        waiting (queued behind audio or sent to the gateway as marks not yet confirmed).
+        """
+        key = relay.stream_id
+        marks = self._marks_of.get(key, 0)
+        if self.playback.checkpoints_of(key) + marks >= MAX_OUTSTANDING_CHECKPOINTS:
+            raise TooManyCheckpoints(
+                f"checkpoint {name!r} ignored: {MAX_OUTSTANDING_CHECKPOINTS} checkpoints of this stream "
+                "are still waiting for their audio to play"
+            )
+        if self.playback.append_checkpoint(key, name):
             return True
-        if any(owner == relay.stream_id for owner, _ in self._marks.values()):
+        if marks:
             # the gateway still has to confirm an earlier checkpoint: acks stay in order
             self._checkpoint_reached(relay, name)
             return True
@@ -243,10 +259,11 @@ class CallSession:
 
     def clear(self, relay: StreamRelay) -> tuple[int, list[str]]:
         frames, names = self.playback.clear(relay.stream_id)
-        for correlation_id, (owner, name) in list(self._marks.items()):
-            if owner == relay.stream_id:  # the gateway flushes these marks too: never acknowledged (D12)
-                del self._marks[correlation_id]
-                names.append(name)
+        if self._marks_of.pop(relay.stream_id, 0):
+            for correlation_id, (owner, name) in list(self._marks.items()):
+                if owner == relay.stream_id:  # the gateway flushes these marks too: never acknowledged (D12)
+                    del self._marks[correlation_id]
+                    names.append(name)
         dropped = frames, names
         command = self.link.clear_command()
         if command is not None:
@@ -321,6 +338,7 @@ class CallSession:
             relay.on_played(name)
             return
         self._marks[correlation_id] = (relay.stream_id, name)
+        self._marks_of[relay.stream_id] = self._marks_of.get(relay.stream_id, 0) + 1
         self._spawn(self.link.send_text(command))
 
     def gateway_mark_processed(self, correlation_id: str) -> None:
@@ -328,6 +346,11 @@ class CallSession:
         owner_name = self._marks.pop(correlation_id, None)
         if owner_name is None:
             return
+        left = self._marks_of.get(owner_name[0], 0) - 1
+        if left > 0:
+            self._marks_of[owner_name[0]] = left
+        else:
+            self._marks_of.pop(owner_name[0], None)
         relay = self.relays.get(owner_name[0])
         if relay is not None:
             relay.on_played(owner_name[1])
