@@ -47,6 +47,7 @@ MAX_MESSAGE = 16 * 1024 * 1024  # D14: beyond this the library closes with 1009
 DEBUG_EVENT_LIMIT = 200  # per kind of peer-triggered event, then one "suppressed" note
 SAMPLE_EVERY = 1.0
 MAX_SAMPLES = 3600
+FINAL_DRAIN_SECONDS = 2.0  # on a normal end, how long the last queued audio may take to leave
 
 
 def redact_url(url: str) -> str:
@@ -357,6 +358,10 @@ class StreamRelay:
             ws.transport.abort()  # a consumer that does not read would stall the closing handshake
             return
         try:
+            if self.connected and reason != Stream.Reason.CONNECTION_ERROR:
+                # A normal end: the audio still queued and the encoders' tail go out first.
+                self._queue_tail()
+                await asyncio.wait_for(self._drain(ws), FINAL_DRAIN_SECONDS)
             if settings.STREAMHUB_SEND_STOP_FRAME and self.connected:
                 self.seq += 1
                 await asyncio.wait_for(
@@ -365,6 +370,23 @@ class StreamRelay:
             await asyncio.wait_for(ws.close(1000, reason), 3)
         except (TimeoutError, ConnectionClosed, OSError):
             ws.transport.abort()
+
+    def _queue_tail(self) -> None:
+        """The resamplers' remainder as the last frame of each track, padded with silence, so
+        the stream lasts as long as the call audio it was given."""
+        for track in self.tracks:
+            for payload in self.encoders[track].flush():
+                chunk = self.chunks[track] + 1
+                self.chunks[track] = chunk
+                self.seq += 1
+                message = self.template.render(self.seq, track, self.start_ms + 20 * (chunk - 1), chunk, payload)
+                self.buffer.push(message, 0.0, 0.0)
+
+    async def _drain(self, ws: ClientConnection) -> None:
+        buffer = self.buffer
+        while buffer:
+            await ws.send(buffer.popleft())
+            self.frames_sent += 1
 
     # --- audio path (no await, no database) ------------------------------------------
 

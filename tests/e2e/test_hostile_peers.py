@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from websockets.asyncio.server import ServerConnection, serve
 
-from streams.models import Account, StreamEvent
+from streams.models import Account, Stream, StreamEvent
 from tests.conftest import Proc
 from tests.support import Customer, Gateway, basic_auth, db, eventually, ramp
 
@@ -242,3 +243,57 @@ async def test_a_hostile_customer_cannot_grow_the_hub_and_another_call_loses_not
         await eventually(lambda: len([m for m in bystander_media if m["event"] == "media"]) == 500, timeout=20)
         payload = b"".join(base64.b64decode(m["media"]["payload"]) for m in bystander_media if m["event"] == "media")
         assert payload == pcm
+
+
+# --- §5: the resampler's tail -------------------------------------------------------------
+
+
+def stream_media(customer: Customer, track: str) -> list[bytes]:
+    return [base64.b64decode(m["media"]["payload"]) for m in customer.events("media") if m["media"]["track"] == track]
+
+
+@pytest.mark.parametrize("end", ["hangup", "api", "timeout"])
+async def test_every_frame_the_gateway_sent_reaches_the_customer_across_rates(
+    hub: Proc, account: Account, end: str
+) -> None:
+    """8 kHz call, 16 kHz stream: 150 frames in, 150 frames (96,000 bytes) out per track, whether
+    the call hangs up, the API stops the stream or its timeout does. Before: 149 (95,360 bytes)."""
+    pcm = ramp(8000 * 3)  # 150 frames
+    timeout = {"streamTimeout": 3} if end == "timeout" else {}
+    async with Customer() as customer:
+        gw = await gateway_for(hub, account).open(
+            {
+                "streams": [
+                    {
+                        "serviceUrl": customer.url,
+                        "contentType": "audio/x-l16;rate=16000",
+                        "audioTrack": "both",
+                        **timeout,
+                    }
+                ]
+            }
+        )
+        await eventually(lambda: customer.events("start"))
+        await gw.send_frames(pcm, interval=0.004)
+        await eventually(lambda: len(stream_media(customer, "inbound")) >= 149)
+        if end == "api":
+            start = customer.events("start")[0]["start"]
+            url = f"{hub.http}/v1/Account/{account.auth_id}/Call/{start['callId']}/Stream/{start['streamId']}/"
+            answer = await asyncio.to_thread(
+                requests.delete, url, auth=(account.auth_id, account.auth_token), timeout=10
+            )
+            assert answer.status_code == 204
+        elif end == "hangup":
+            await gw.close()
+        stream = await eventually(
+            db(lambda: Stream.objects.filter(account=account, end_time__isnull=False).first()), timeout=15
+        )
+        await eventually(lambda: customer.ws and customer.ws[0].close_code is not None)
+        await gw.close()
+    assert stream.hangup_reason == {"hangup": "Call hangup", "api": "API request", "timeout": "Stream timeout"}[end]
+    for track in ("inbound", "outbound"):
+        frames = stream_media(customer, track)
+        assert len(frames) == 150 and {len(f) for f in frames} == {640}
+        assert len(b"".join(frames)) == 96_000
+    media = customer.events("media")
+    assert [m["sequenceNumber"] for m in media] == list(range(2, 2 + len(media)))
