@@ -206,6 +206,8 @@ STREAMHUB_ORPHAN_AFTER_SECONDS = env_float("STREAMHUB_ORPHAN_AFTER_SECONDS", def
 # Measured capacity of one uvicorn process on one core of the 2-vCPU development VM: 400 calls with p99 < 20 ms
 # (daphne: 200); bench/RESULTS.md. Measure yours with bench/run.py and set this below what it prints.
 STREAMHUB_MAX_CALLS = env_int("STREAMHUB_MAX_CALLS", default=350, minimum=1)
+# Active streams one call may have at once (REST, admin and gateway metadata alike); Plivo allows a handful.
+STREAMHUB_MAX_STREAMS_PER_CALL = env_int("STREAMHUB_MAX_STREAMS_PER_CALL", default=5, minimum=1)
 STREAMHUB_FORBID_PRIVATE_CALLBACKS = env_bool("STREAMHUB_FORBID_PRIVATE_CALLBACKS", default=False)
 
 # Callbacks (decision D16)

@@ -36,6 +36,14 @@ class CallNotLive(Exception):
     pass
 
 
+class TooManyStreams(Exception):
+    """The call already has STREAMHUB_MAX_STREAMS_PER_CALL active streams."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"this call already has {limit} active streams, the most one call may have")
+
+
 def callback_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -104,13 +112,18 @@ def call_open(
 def stream_create(*, call: Call, params: StreamParams, notify_session: bool = True) -> Stream:
     """Create a stream on a live call (status initiated); the holding process dials it.
 
-    Raises CallNotLive or StreamConflict (a second active stream to the same URL).
+    Raises CallNotLive, StreamConflict (a second active stream to the same URL) or
+    TooManyStreams (STREAMHUB_MAX_STREAMS_PER_CALL active already; counted under the call's
+    row lock, so racing starts cannot pass it together).
     """
     try:
         with transaction.atomic():
             locked = Call.objects.select_for_update().get(pk=call.pk)
             if locked.status != Call.Status.LIVE:
                 raise CallNotLive(str(call.call_uuid))
+            limit = settings.STREAMHUB_MAX_STREAMS_PER_CALL
+            if Stream.objects.filter(call=locked, end_time__isnull=True).count() >= limit:
+                raise TooManyStreams(limit)
             stream = Stream.objects.create(
                 call=locked, account_id=locked.account_id, server_id=locked.server_id, **params.as_model_fields()
             )

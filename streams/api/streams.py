@@ -133,6 +133,8 @@ class StreamCollectionApi(APIView):
                 "service_url: an active stream to this URL already exists on this call",
                 status=status.HTTP_400_BAD_REQUEST,
             )
+        except services.TooManyStreams as exc:
+            return api_error(f"{exc}; stop one before starting another", status=status.HTTP_400_BAD_REQUEST)
         body = {"api_id": new_api_id(), "message": "audio streaming started", "stream_id": stream.stream_id}
         return Response(StreamCollectionApi.Started(body).data, status=status.HTTP_201_CREATED)
 

@@ -476,6 +476,8 @@ def start_stream_view(model_admin: ModelAdmin[Any], request: HttpRequest, object
             form.add_error(None, "The call ended meanwhile; no stream was started.")
         except services.StreamConflict:
             form.add_error("service_url", "A stream to this URL is already active on this call.")
+        except services.TooManyStreams as exc:
+            form.add_error(None, f"No stream was started: {exc}; stop one before starting another.")
         else:
             model_admin.log_change(request, call, f"Started stream {stream.stream_id} from the admin")
             model_admin.message_user(

@@ -131,6 +131,10 @@ class CallSession:
                 continue
             except services.CallNotLive:
                 return self.call
+            except services.TooManyStreams as exc:
+                refused = f"streams[{index}]" if index == len(meta.streams) - 1 else f"streams[{index}..]"
+                await self.link.send_text(gateway_error(f"{refused} refused: {exc}"))
+                break
             except Exception:
                 log.exception("call %s: stream %d could not be created", self.call.call_uuid, index)
                 await self.link.send_text(gateway_error(f"streams[{index}] refused: internal error"))

@@ -192,6 +192,18 @@ def test_the_start_form_refuses_a_second_active_stream_to_the_same_url(operator_
 
 
 @pytest.mark.django_db
+def test_the_start_form_refuses_a_stream_beyond_the_per_call_limit(operator_client: Client, call: Call) -> None:
+    for n in range(5):
+        start_stream(call, service_url=f"wss://new.example.com/ws?n={n}")
+    response = operator_client.post(reverse("admin:streams_call_start_stream", args=[call.pk]), form_data())
+    assert (
+        "No stream was started: this call already has 5 active streams, the most one call may have; "
+        "stop one before starting another." in response.content.decode()
+    )
+    assert Stream.objects.filter(call=call).count() == 5
+
+
+@pytest.mark.django_db
 def test_no_stream_starts_on_an_ended_call(operator_client: Client, call: Call) -> None:
     Call.objects.filter(pk=call.pk).update(status="ended", ended_at=call.started_at)
     response = operator_client.post(

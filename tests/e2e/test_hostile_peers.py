@@ -19,7 +19,7 @@ import pytest
 import requests
 from websockets.asyncio.server import ServerConnection, serve
 
-from streams.models import Account, Stream, StreamEvent
+from streams.models import Account, Call, Stream, StreamEvent
 from tests.conftest import Proc
 from tests.support import Customer, Gateway, basic_auth, db, eventually, ramp
 
@@ -297,3 +297,54 @@ async def test_every_frame_the_gateway_sent_reaches_the_customer_across_rates(
         assert len(b"".join(frames)) == 96_000
     media = customer.events("media")
     assert [m["sequenceNumber"] for m in media] == list(range(2, 2 + len(media)))
+
+
+# --- §8: gateway metadata edge cases ------------------------------------------------------
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "1e400"])
+async def test_a_non_finite_sample_rate_gets_an_error_frame_and_the_call_goes_on(
+    hub: Proc, account: Account, literal: str
+) -> None:
+    """Before: Infinity raised an uncaught OverflowError; NaN was refused by the database (close 4500)."""
+    async with Customer() as customer:
+        gw = gateway_for(hub, account)
+        await gw.open(f'{{"sampleRate":{literal},"streams":[{{"serviceUrl":"{customer.url}"}}]}}')
+        await eventually(lambda: customer.events("start"))
+        await gw.send_frames(ramp(1600), interval=0.005)
+        await eventually(lambda: len(customer.events("media")) == 10)
+        assert gw.texts == [
+            {"type": "error", "data": {"error": f"sampleRate '{literal}' is not 8000 or 16000; using 8000"}}
+        ]
+        assert gw.ws is not None and gw.ws.close_code is None
+        await gw.close()
+    call = await eventually(db(lambda: Call.objects.filter(account=account, status="ended").first()))
+    assert call.gateway_metadata["sampleRate"] == 8000 and call.gateway_metadata["raw"]["sampleRate"] == literal
+
+
+async def test_a_thousand_streams_in_metadata_start_five_and_refuse_the_rest_in_one_error(
+    hub: Proc, account: Account
+) -> None:
+    """Before: all 1,000 were started; closing the call took 10-17 s and slowed every other call."""
+    async with Customer() as customer:
+        gw = gateway_for(hub, account)
+        streams = [{"serviceUrl": f"{customer.url}?n={n}"} for n in range(1000)]
+        await gw.open({"streams": streams})
+        await eventually(lambda: len(customer.events("start")) == 5)
+        await eventually(lambda: gw.texts)
+        assert gw.texts == [
+            {
+                "type": "error",
+                "data": {
+                    "error": "streams[5..] refused: this call already has 5 active streams, the most one call may have"
+                },
+            }
+        ]
+        await gw.send_frames(ramp(1600), interval=0.005)
+        await eventually(lambda: len(customer.events("media")) == 50)
+        began = time.monotonic()
+        await gw.close()
+        await eventually(db(lambda: Call.objects.filter(account=account, status="ended").exists()))
+        closed_in = time.monotonic() - began
+    assert await db(lambda: Stream.objects.filter(account=account).count())() == 5
+    assert closed_in < 5
