@@ -42,6 +42,7 @@ from django.utils import timezone
 from callbacks import http, retry, signing
 from callbacks.models import OPEN_STATES, CallbackAttempt, CallbackDelivery, delivery_is_blocked, earlier_open
 from callbacks.publish import queue_delivery
+from streams.core.validation import EgressPolicy
 from streams.models import Stream
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
         prepared,
         timeout=settings.STREAMHUB_CALLBACK_TIMEOUT_SECONDS,
         excerpt_limit=CallbackAttempt.RESPONSE_EXCERPT_LIMIT,
+        policy=EgressPolicy.from_settings(settings),
     )
     decision = retry.decide(
         status_code=result.status_code,
@@ -199,6 +201,7 @@ def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
         idempotency_id=str(delivery.idempotency_id),
         policy=_policy(),
         retry_after=result.retry_after,
+        permanent=result.permanent,
     )
     _finish(delivery, attempt, result, decision)
     log.info(

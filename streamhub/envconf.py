@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -53,6 +54,17 @@ def env_float(name: str, *, default: float, minimum: float | None = None) -> flo
 
 def env_list(name: str, *, default: str) -> list[str]:
     return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
+
+
+def env_networks(name: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs (a bare address is one host), each checked at start."""
+    values = tuple(env_list(name, default=""))
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {value!r} is not an IP network (e.g. 10.0.0.0/8)") from exc
+    return values
 
 
 def local_secret_key(data_dir: Path) -> str:

@@ -12,8 +12,9 @@ import socket
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
-from streamhub.envconf import channel_layer, env_bool, env_float, env_int, env_list, local_secret_key
+from streamhub.envconf import channel_layer, env_bool, env_float, env_int, env_list, env_networks, local_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.getenv("STREAMHUB_DATA_DIR") or BASE_DIR / "var").resolve()
@@ -208,15 +209,28 @@ STREAMHUB_ORPHAN_AFTER_SECONDS = env_float("STREAMHUB_ORPHAN_AFTER_SECONDS", def
 STREAMHUB_MAX_CALLS = env_int("STREAMHUB_MAX_CALLS", default=350, minimum=1)
 # Active streams one call may have at once (REST, admin and gateway metadata alike); Plivo allows a handful.
 STREAMHUB_MAX_STREAMS_PER_CALL = env_int("STREAMHUB_MAX_STREAMS_PER_CALL", default=5, minimum=1)
+# Where the hub may connect (docs/callbacks.md, "Where the hub connects"). Off by default: a self-hosted
+# hub usually calls bots and receivers on its own private network. Turn them on when accounts are not
+# trusted; names are resolved and checked when connecting, and the allow-list opens known networks.
 STREAMHUB_FORBID_PRIVATE_CALLBACKS = env_bool("STREAMHUB_FORBID_PRIVATE_CALLBACKS", default=False)
+STREAMHUB_FORBID_PRIVATE_SERVICE_URLS = env_bool("STREAMHUB_FORBID_PRIVATE_SERVICE_URLS", default=False)
+STREAMHUB_ALLOWED_PRIVATE_NETWORKS = env_networks("STREAMHUB_ALLOWED_PRIVATE_NETWORKS")
 
 # Callbacks (decision D16)
 STREAMHUB_CALLBACK_MAX_ATTEMPTS = env_int("STREAMHUB_CALLBACK_MAX_ATTEMPTS", default=8, minimum=1)
 STREAMHUB_CALLBACK_BACKOFF_SECONDS = env_float("STREAMHUB_CALLBACK_BACKOFF_SECONDS", default=2.0, minimum=0.0)
 STREAMHUB_CALLBACK_BACKOFF_MAX_SECONDS = env_float("STREAMHUB_CALLBACK_BACKOFF_MAX_SECONDS", default=300.0, minimum=0.0)
 STREAMHUB_CALLBACK_MAX_AGE_SECONDS = env_float("STREAMHUB_CALLBACK_MAX_AGE_SECONDS", default=3600.0, minimum=1.0)
+# One try's whole deadline: resolve, connect, send, and read the answer.
 STREAMHUB_CALLBACK_TIMEOUT_SECONDS = env_float("STREAMHUB_CALLBACK_TIMEOUT_SECONDS", default=10.0, minimum=0.1)
 STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY = env_int("STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY", default=4, minimum=1)
 STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS = env_float(
     "STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS", default=120.0, minimum=0.5
 )
+if STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS < 2 * STREAMHUB_CALLBACK_TIMEOUT_SECONDS:
+    # A try still running when the sweep takes its delivery back would be sent twice.
+    raise ImproperlyConfigured(
+        f"STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS={STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS:g} must be at least "
+        f"twice STREAMHUB_CALLBACK_TIMEOUT_SECONDS={STREAMHUB_CALLBACK_TIMEOUT_SECONDS:g} (a try's whole deadline), "
+        "so that the sweep never takes back a delivery whose try is still running"
+    )

@@ -37,6 +37,7 @@ from streams.core.validation import (
     AUDIO_TRACKS,
     CALLBACK_METHODS,
     CONTENT_TYPES,
+    EgressPolicy,
     StreamParamError,
     validate_stream_params,
 )
@@ -448,9 +449,7 @@ class StartStreamForm(forms.Form):
         if self.errors:
             return data
         try:
-            self.params = validate_stream_params(
-                data, forbid_private_callbacks=settings.STREAMHUB_FORBID_PRIVATE_CALLBACKS
-            )
+            self.params = validate_stream_params(data, policy=EgressPolicy.from_settings(settings))
         except StreamParamError as exc:
             for field, message in exc.errors.items():
                 self.add_error(field if field in self.fields else None, f"{field} {message}")

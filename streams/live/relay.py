@@ -34,6 +34,7 @@ from streams.core import framing, plivo
 from streams.core.audio import Decoder, Encoder, Format
 from streams.core.buffer import Degraded, Overflow, SendBuffer
 from streams.core.playback import QueueFull, TooManyCheckpoints
+from streams.core.validation import AddressRefused, EgressPolicy
 from streams.live.dbasync import db_async
 from streams.models import Stream
 
@@ -66,6 +67,38 @@ def _ssl_context(url: str) -> ssl.SSLContext | None:
 def _tls_context(cafile: str | None) -> ssl.SSLContext:
     # ~20 ms to build (it loads the CA store): once per process, not on the event loop per call
     return ssl.create_default_context(cafile=cafile)
+
+
+async def checked_socket(url: str, policy: EgressPolicy) -> socket.socket:
+    """A socket connected to an address of the URL's host that the policy allows, or AddressRefused.
+
+    The name is resolved once and the socket goes to one of the addresses checked (no second
+    lookup for a rebinding DNS to answer); websockets then speaks TLS (SNI, certificate) and
+    the Host header with the name from the URL.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    refusal = policy.refusal(host, [str(info[4][0]) for info in infos])
+    if refusal is not None:
+        raise AddressRefused(refusal)
+    last: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise last or OSError(f"{host} resolves to no address")
 
 
 def upgrade_headers(url: str, auth_token: str) -> dict[str, str]:
@@ -202,10 +235,15 @@ class StreamRelay:
 
     async def _connect(self) -> ClientConnection | None:
         url = self.stream.service_url
+        policy = EgressPolicy.from_settings(settings)
         attempts = 3
         last = ""
         for attempt in range(1, attempts + 1):
             try:
+                extra: dict[str, Any] = {}
+                if policy.forbid_private_services:
+                    async with asyncio.timeout(settings.STREAMHUB_CONNECT_TIMEOUT):
+                        extra["sock"] = await checked_socket(url, policy)
                 ws = await connect(
                     url,
                     additional_headers=upgrade_headers(url, self.stream.account.auth_token),
@@ -221,9 +259,14 @@ class StreamRelay:
                     # buffer (Degraded 30/60/90, then Dropped) decide, not the keepalive.
                     ping_interval=20,
                     ping_timeout=settings.STREAMHUB_STREAM_BUFFER_SECONDS + 20,
+                    **extra,
                 )
             except asyncio.CancelledError:
                 raise
+            except AddressRefused as exc:  # no retry can change the policy's answer
+                self.log_event("ConnectAttemptFailed", f"refused: {exc}", {"Attempt": attempt, "MaxAttempts": attempts})
+                self.stop(Stream.Reason.CONNECTION_ERROR, f"refused: {exc}")
+                return None
             except Exception as exc:
                 last = describe_connect_error(exc)
                 self.log_event("ConnectAttemptFailed", last, {"Attempt": attempt, "MaxAttempts": attempts})

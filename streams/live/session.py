@@ -26,7 +26,7 @@ from streams import services
 from streams.core.audio import Reframer, frame_bytes, silence, split_stereo
 from streams.core.gateway import GatewayMetadata, gateway_error
 from streams.core.playback import MAX_OUTSTANDING_CHECKPOINTS, Pacer, PlaybackQueue, Played, TooManyCheckpoints
-from streams.core.validation import StreamParamError, validate_stream_params
+from streams.core.validation import EgressPolicy, StreamParamError, validate_stream_params
 from streams.live.admission import admission
 from streams.live.dbasync import db_async
 from streams.live.relay import StreamRelay, redact_url
@@ -116,9 +116,7 @@ class CallSession:
             await self.link.send_text(gateway_error(error))
         for index, entry in enumerate(meta.streams):
             try:
-                params = validate_stream_params(
-                    entry, forbid_private_callbacks=settings.STREAMHUB_FORBID_PRIVATE_CALLBACKS
-                )
+                params = validate_stream_params(entry, policy=EgressPolicy.from_settings(settings))
             except StreamParamError as exc:
                 log.warning("call %s: stream %d refused: %s", self.call.call_uuid, index, exc)
                 await self.link.send_text(gateway_error(f"streams[{index}] refused: {exc}"))

@@ -348,3 +348,53 @@ async def test_a_thousand_streams_in_metadata_start_five_and_refuse_the_rest_in_
         closed_in = time.monotonic() - began
     assert await db(lambda: Stream.objects.filter(account=account).count())() == 5
     assert closed_in < 5
+
+
+# --- §6: where the hub connects ------------------------------------------------------------
+
+
+async def test_a_service_url_that_resolves_to_loopback_is_refused_when_private_addresses_are_forbidden(
+    hub_factory: Callable[..., Proc], account: Account
+) -> None:
+    """A literal private address is refused up front; a spelling that only resolves to one
+    (2130706433 is 127.0.0.1) is refused at connect time, once, without retries."""
+    hub = hub_factory(STREAMHUB_FORBID_PRIVATE_SERVICE_URLS="true")
+    async with Customer() as customer:
+        disguised = customer.url.replace("127.0.0.1", "2130706433")
+        gw = gateway_for(hub, account)
+        await gw.open({"streams": [{"serviceUrl": customer.url}, {"serviceUrl": disguised}]})
+        stream = await eventually(
+            db(lambda: Stream.objects.filter(account=account, end_time__isnull=False).first()), timeout=15
+        )
+        assert gw.texts == [
+            {
+                "type": "error",
+                "data": {
+                    "error": "streams[0] refused: serviceUrl: points to a private or loopback address, which "
+                    "this hub forbids"
+                },
+            }
+        ]
+        await gw.close()
+    assert customer.attempts == 0
+    assert stream.service_url == disguised and stream.hangup_reason == "Connection error"
+    assert stream.last_error == (
+        "refused: 2130706433 resolves to a private or loopback address (127.0.0.1), which this hub forbids"
+    )
+    events = await db(lambda: list(StreamEvent.objects.filter(stream=stream).values_list("event", flat=True)))()
+    assert events.count("ConnectAttemptFailed") == 1 and events[-1] == "DroppedStream"
+
+
+async def test_an_allowed_private_network_streams_through_the_checked_address(
+    hub_factory: Callable[..., Proc], account: Account
+) -> None:
+    hub = hub_factory(STREAMHUB_FORBID_PRIVATE_SERVICE_URLS="true", STREAMHUB_ALLOWED_PRIVATE_NETWORKS="127.0.0.0/8")
+    async with Customer() as customer:
+        gw = await gateway_for(hub, account).open(
+            {"streams": [{"serviceUrl": customer.url.replace("127.0.0.1", "localhost")}]}
+        )
+        await eventually(lambda: customer.events("start"))
+        await gw.send_frames(ramp(1600), interval=0.005)
+        await eventually(lambda: len(customer.events("media")) == 10)
+        await gw.close()
+    assert customer.headers[0]["Host"] == f"localhost:{customer.port}"  # the name, not the address it resolved to
