@@ -20,7 +20,6 @@ from django.contrib import messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -30,7 +29,6 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
 from callbacks.models import CallbackAttempt, CallbackDelivery
-from callbacks.publish import queue_delivery
 from streams import services
 from streams.core import timeline
 from streams.core.validation import (
@@ -496,16 +494,3 @@ def start_stream_view(model_admin: ModelAdmin[Any], request: HttpRequest, object
         call_url=call_url,
     )
     return TemplateResponse(request, "admin/streams/call/start_stream.html", context)
-
-
-# --- redeliver callbacks ------------------------------------------------------------------
-
-
-def queue_deliveries(delivery_ids: Sequence[int]) -> None:
-    """Hand deliveries to Celery once the reset is committed (the worker must see them pending)."""
-
-    def send() -> None:
-        for delivery_id in delivery_ids:
-            queue_delivery(delivery_id)
-
-    transaction.on_commit(send)
