@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,17 @@ def env_networks(name: str) -> tuple[str, ...]:
         except ValueError as exc:
             raise ImproperlyConfigured(f"{name}: {value!r} is not an IP network (e.g. 10.0.0.0/8)") from exc
     return values
+
+
+_RATE = re.compile(r"^\s*[1-9]\d*\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
+
+
+def env_rate(name: str, *, default: str) -> str:
+    """A rate in DRF's syntax ("10/min", "100/hour")."""
+    value = os.getenv(name) or default
+    if not _RATE.match(value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate such as 10/min (a number per s, min, hour or day)")
+    return value
 
 
 def local_secret_key(data_dir: Path) -> str:

@@ -14,7 +14,16 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from streamhub.envconf import channel_layer, env_bool, env_float, env_int, env_list, env_networks, local_secret_key
+from streamhub.envconf import (
+    channel_layer,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_networks,
+    env_rate,
+    local_secret_key,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.getenv("STREAMHUB_DATA_DIR") or BASE_DIR / "var").resolve()
@@ -105,6 +114,19 @@ CHANNEL_LAYERS = {
     )
 }
 
+# The failed-authentication counters (streams/throttle.py): shared by every hub process through
+# Redis when there is one, in each process's memory otherwise.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        # short: an unreachable Redis must not hold a sign-in (the throttle then lets it through)
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
@@ -139,6 +161,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "streams.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    # Whose address counts for throttling: the peer's, or what the trusted proxies put in X-Forwarded-For.
+    "NUM_PROXIES": env_int("STREAMHUB_TRUSTED_PROXIES", default=0, minimum=0),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "streamhub API",
@@ -215,6 +239,12 @@ STREAMHUB_MAX_STREAMS_PER_CALL = env_int("STREAMHUB_MAX_STREAMS_PER_CALL", defau
 STREAMHUB_FORBID_PRIVATE_CALLBACKS = env_bool("STREAMHUB_FORBID_PRIVATE_CALLBACKS", default=False)
 STREAMHUB_FORBID_PRIVATE_SERVICE_URLS = env_bool("STREAMHUB_FORBID_PRIVATE_SERVICE_URLS", default=False)
 STREAMHUB_ALLOWED_PRIVATE_NETWORKS = env_networks("STREAMHUB_ALLOWED_PRIVATE_NETWORKS")
+
+# Failed authentication (REST API, gateway upgrades, admin login) per client address: beyond this many
+# in a window, that address gets 429 (403 on a daphne upgrade) until the window ends.
+STREAMHUB_AUTH_FAILURE_RATE = env_rate("STREAMHUB_AUTH_FAILURE_RATE", default="10/min")
+# Proxies in front of the hub that append the client to X-Forwarded-For (0: use the peer address).
+STREAMHUB_TRUSTED_PROXIES = env_int("STREAMHUB_TRUSTED_PROXIES", default=0, minimum=0)
 
 # Callbacks (decision D16)
 STREAMHUB_CALLBACK_MAX_ATTEMPTS = env_int("STREAMHUB_CALLBACK_MAX_ATTEMPTS", default=8, minimum=1)

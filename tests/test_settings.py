@@ -89,6 +89,12 @@ def test_allowed_private_networks_are_cidrs_checked_at_start(tmp_path: Path) -> 
     assert "ImproperlyConfigured" in str(got.get("error")) and "'intranet' is not an IP network" in str(got["error"])
 
 
+@pytest.mark.parametrize("rate", ["10", "ten/min", "0/min", "5/fortnight"])
+def test_a_malformed_auth_failure_rate_fails_loudly(tmp_path: Path, rate: str) -> None:
+    got = probe(tmp_path, STREAMHUB_AUTH_FAILURE_RATE=rate)
+    assert "ImproperlyConfigured" in str(got.get("error")) and "is not a rate such as 10/min" in str(got["error"])
+
+
 def test_create_account_prints_credentials_as_json(tmp_path: Path, transactional_db: None) -> None:
     import io
 

@@ -18,6 +18,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin import helpers
+from django.contrib.admin import site as admin_site
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Prefetch, QuerySet
@@ -29,7 +30,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
 from callbacks.models import CallbackAttempt, CallbackDelivery
-from streams import services
+from streams import services, throttle
 from streams.core import timeline
 from streams.core.validation import (
     AUDIO_TRACKS,
@@ -494,3 +495,27 @@ def start_stream_view(model_admin: ModelAdmin[Any], request: HttpRequest, object
         call_url=call_url,
     )
     return TemplateResponse(request, "admin/streams/call/start_stream.html", context)
+
+
+# --- sign-in ---------------------------------------------------------------------------------
+
+
+def login_view(request: HttpRequest) -> HttpResponse:
+    """The admin's sign-in page, with failed attempts throttled per client address (streams.throttle,
+    the counter the API and the gateway upgrades use): beyond the rate, 429 until the window ends.
+    Django's ModelBackend runs the password hasher for an unknown user name too, so an unknown
+    name and a wrong password take the same time."""
+    address = throttle.client_address(request.META.get("REMOTE_ADDR"), request.headers.get("X-Forwarded-For"))
+    if request.method == "POST":
+        wait = throttle.retry_after(address)
+        if wait is not None:
+            return HttpResponse(
+                f"Too many failed sign-in attempts from this address; try again in {wait} s.\n",
+                status=429,
+                content_type="text/plain; charset=utf-8",
+                headers={"Retry-After": str(wait)},
+            )
+    response = admin_site.login(request)
+    if request.method == "POST" and response.status_code == 200 and not request.user.is_authenticated:
+        throttle.record_failure(address)  # the form came back: the sign-in failed
+    return response

@@ -10,6 +10,7 @@ import base64
 import json
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
 from streams.models import Account, Call, Stream, StreamEvent
@@ -398,3 +400,37 @@ async def test_an_allowed_private_network_streams_through_the_checked_address(
         await eventually(lambda: len(customer.events("media")) == 10)
         await gw.close()
     assert customer.headers[0]["Host"] == f"localhost:{customer.port}"  # the name, not the address it resolved to
+
+
+# --- §6: who may try -----------------------------------------------------------------------
+
+
+@pytest.mark.both_servers
+async def test_failed_gateway_upgrades_are_throttled_per_client_address(
+    hub_factory: Callable[..., Proc], account: Account, hub_server: str
+) -> None:
+    """Three wrong credentials from one address, then that address is refused before its credentials are
+    even read (uvicorn: HTTP 429 with Retry-After; daphne cannot choose the status: 403); another address
+    still gets in. The address comes from X-Forwarded-For here, behind one trusted proxy."""
+    hub = hub_factory(STREAMHUB_AUTH_FAILURE_RATE="3/min", STREAMHUB_TRUSTED_PROXIES="1")
+    guesser, other = f"198.51.100.{uuid.uuid4().int % 250 + 1}", f"203.0.113.{uuid.uuid4().int % 250 + 1}"
+    url = f"{hub.ws}/ingest/audio-fork"
+
+    def from_(address: str, token: str) -> Gateway:
+        return Gateway(url, {**basic_auth(account.auth_id, token), "X-Forwarded-For": address})
+
+    for _ in range(3):
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await from_(guesser, "wrong").open()
+        assert info.value.response.status_code == 403
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await from_(guesser, account.auth_token).open()
+    if hub_server == "uvicorn":
+        assert info.value.response.status_code == 429
+        assert 1 <= int(info.value.response.headers["Retry-After"]) <= 120
+    else:
+        assert info.value.response.status_code == 403
+    gw = await from_(other, account.auth_token).open({"streams": []})
+    await gw.send(ramp(160))
+    await eventually(db(lambda: Call.objects.filter(account=account).exists()))
+    await gw.close()
