@@ -34,6 +34,22 @@ def _int(text: str) -> int | str:
     return int(text) if len(text) <= MAX_NUMBER_DIGITS else text
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """json.loads as RFC 8259 has it: NaN, ±Infinity and numbers that overflow raise ValueError."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def loads(text: str | bytes) -> Any:
     """json.loads for what peers send: NaN, ±Infinity, numbers that overflow a float (1e400) and
     integers of more than MAX_NUMBER_DIGITS digits stay as their text. So nothing non-finite
@@ -53,8 +69,8 @@ def json_object(text: str | bytes, limit: int) -> dict[str, Any]:
     if len(text) > limit:
         raise ProtocolError(f"message of {len(text)} characters is over the {limit} limit")
     try:
-        data = loads(text)
-    except (ValueError, RecursionError) as exc:
+        data = loads_strict(text)
+    except (ValueError, RecursionError) as exc:  # ValueError also covers ints over Python's digit limit
         raise ProtocolError(f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
