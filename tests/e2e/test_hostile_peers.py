@@ -37,6 +37,12 @@ def degraded_events(stream_id: str) -> list[int]:
     return [int(params["BufferUsage"]) for params in rows.values_list("params", flat=True)]
 
 
+def degraded_at(stream_id: str, pct: int) -> float:
+    """When the hub logged its first DegradedStream at `pct` (epoch seconds; same machine clock)."""
+    rows = StreamEvent.objects.filter(stream__stream_id=stream_id, event="DegradedStream").order_by("id")
+    return next(row.timestamp.timestamp() for row in rows if row.params["BufferUsage"] == str(pct))
+
+
 # --- §1: DegradedStream floods ------------------------------------------------------------
 
 
@@ -54,8 +60,7 @@ class PacedCustomer:
     center: float = 0.0
     port: int = 0
     stream_id: str = ""
-    received: int = 0
-    lags: list[float] = field(default_factory=list)
+    reads: list[tuple[float, float]] = field(default_factory=list)  # (epoch seconds, lag) per media read
     _server: Any = None
 
     async def _handler(self, conn: ServerConnection) -> None:
@@ -69,13 +74,18 @@ class PacedCustomer:
                 return
             if message.get("event") != "media":
                 continue
-            self.received += 1
-            lag = time.time() - int(message["media"]["timestamp"]) / 1000
-            self.lags.append(lag)
+            now = time.time()
+            lag = now - int(message["media"]["timestamp"]) / 1000
+            self.reads.append((now, lag))
             phase = (time.monotonic() - began) % 1.0
             target = self.center + (self.swing if phase < 0.5 else -self.swing)
             if lag < target:
                 await asyncio.sleep(min(0.05, target - lag))
+
+    def lag_at(self, moment: float) -> float:
+        """The lag at `moment`: the last read before it, plus the time since (unread audio ages)."""
+        at, lag = max((read for read in self.reads if read[0] <= moment), default=self.reads[0])
+        return lag + max(0.0, moment - at)
 
     @property
     def url(self) -> str:
@@ -95,23 +105,25 @@ class PacedCustomer:
         await self._server.wait_closed()
 
 
-async def ramp_until(
-    customer: PacedCustomer, seen: Callable[[], Any], *, rate: float = 0.5, limit: float = 40.0
-) -> None:
-    """Raise the customer's lag at `rate` seconds per second until `seen()` holds."""
+async def hold_at_threshold(customer: PacedCustomer, pct: int, seen: Callable[[], Any], limit: float = 40.0) -> None:
+    """Raise the customer's lag until the hub reports `pct`, then centre the swing on the lag the
+    customer had at that moment: the buffer then crosses `pct` twice a second, both ways."""
     deadline = time.monotonic() + limit
     while not await seen():
         assert time.monotonic() < deadline, f"not seen after {limit} s (lag {customer.center:.2f} s)"
         await asyncio.sleep(0.1)
-        customer.center += rate * 0.1
+        customer.center += 0.1  # the lag grows at most as fast as the audio does
+    crossed = await db(degraded_at)(customer.stream_id, pct)
+    customer.center = customer.lag_at(crossed)
 
 
 async def test_a_backlog_held_near_a_threshold_gets_one_degraded_stream_per_threshold(
     hub_factory: Callable[..., Proc], account: Account
 ) -> None:
     """Held at 30 % then at 60 % (crossing each level twice a second): one notice per threshold.
-    Recovered below 20 % and slow again: a new notice. Before hysteresis, one per crossing."""
-    hub = hub_factory(STREAMHUB_STREAM_BUFFER_SECONDS="8", STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS="2")
+    Recovered below 20 % and slow again: a new notice. Before hysteresis, one per crossing.
+    A 16 s buffer: a threshold re-arms 1.6 s of audio below it, far beyond the ±0.25 s swing."""
+    hub = hub_factory(STREAMHUB_STREAM_BUFFER_SECONDS="16", STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS="2")
     hold = 6.0  # three minimum intervals, twelve crossings
     async with PacedCustomer() as customer:
         gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": customer.url}]})
@@ -124,19 +136,23 @@ async def test_a_backlog_held_near_a_threshold_gets_one_degraded_stream_per_thre
                 return (await events(customer.stream_id)).count(pct) >= n
 
             customer.center = 1.0
-            await ramp_until(customer, lambda: count(30))
+            await hold_at_threshold(customer, 30, lambda: count(30))
             await asyncio.sleep(hold)
             assert await events(customer.stream_id) == [30]
 
-            await ramp_until(customer, lambda: count(60))
+            await hold_at_threshold(customer, 60, lambda: count(60))
             await asyncio.sleep(hold)
             assert await events(customer.stream_id) == [30, 60]
 
             customer.center, customer.swing = 0.0, 0.0  # catch up: the backlog falls below 20 %
-            await eventually(lambda: customer.lags and customer.lags[-1] < 0.5, timeout=20)
+            await eventually(lambda: customer.reads[-1][1] < 0.5, timeout=20)
             await asyncio.sleep(1.0)
             customer.center, customer.swing = 1.0, 0.25
-            await ramp_until(customer, lambda: count(30, 2))
+            deadline = time.monotonic() + 40
+            while not await count(30, 2):
+                assert time.monotonic() < deadline, "no second DegradedStream at 30 %"
+                await asyncio.sleep(0.1)
+                customer.center += 0.1
             assert await events(customer.stream_id) == [30, 60, 30]
         finally:
             sender.cancel()
