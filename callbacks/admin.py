@@ -1,26 +1,26 @@
 """Callback deliveries in the console: every delivery with every attempt, and a redeliver action.
 
 Deliveries are the outbox (written by the hub, sent by Celery), so they are read-only here.
-Redelivering resets a failed delivery to pending with a conditional update (a delivery
-that is pending, in flight or delivered is left alone) and hands it to the worker once that
-reset is committed; its attempt history is kept and numbering goes on from it.
+Redelivering goes through `callbacks.services.callback_redeliver`: a failed delivery goes back
+to pending with a fresh retry budget, followed by the failed ones after it in its stream, unless
+a later callback of its stream was already delivered (it would arrive out of order: refused,
+and the console says why). Its attempt history is kept and numbering goes on from it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from callbacks.models import CallbackAttempt, CallbackDelivery
-from callbacks.services import DELIVERY_EVENTS
+from callbacks.services import DELIVERY_EVENTS, callback_redeliver
 from streams.console import views as admin_views
 from streams.console.base import ReadOnlyInline, ReadOnlyRecordAdmin, link, parse_uuid, truncate
 from streams.console.views import utc
@@ -148,14 +148,17 @@ class CallbackDeliveryAdmin(ReadOnlyRecordAdmin):
 
     @admin.action(description="Redeliver selected failed callbacks", permissions=["change"])
     def redeliver_selected(self, request: HttpRequest, queryset: QuerySet[CallbackDelivery]) -> TemplateResponse | None:
+        tries = settings.STREAMHUB_CALLBACK_MAX_ATTEMPTS
         deliveries = admin_views.confirmed_selection(
             self,
             request,
             queryset.select_related("stream", "call"),
             lambda rows: {
                 "title": "Redeliver these callbacks?",
-                "question": "Each failed delivery goes back to pending and is sent again, with retries, "
-                "keeping its idempotency ID and its attempt history.",
+                "question": "Each failed delivery goes back to pending and is sent again with a fresh retry budget "
+                f"({tries} tries), keeping its idempotency ID and its attempt history. The failed callbacks that "
+                "follow it in its stream go again after it, in order; a callback whose stream already has a "
+                "later callback delivered is not sent (it would arrive after it).",
                 "items": [
                     admin_views.Item(
                         pk=d.pk,
@@ -173,38 +176,24 @@ class CallbackDeliveryAdmin(ReadOnlyRecordAdmin):
         )
         if not isinstance(deliveries, list):
             return deliveries
-        redelivered = self.redeliver(request, [d.pk for d in deliveries])
-        skipped = [d.pk for d in deliveries if d.pk not in redelivered]
-        if redelivered:
+        result = callback_redeliver(delivery_ids=[d.pk for d in deliveries])
+        if result.queued:
+            for delivery in CallbackDelivery.objects.filter(pk__in=result.queued):
+                self.log_change(request, delivery, "Queued for redelivery")
             self.message_user(
                 request,
-                f"Queued {admin_views.plural(len(redelivered), 'callback')} for redelivery: "
-                f"{admin_views.describe([f'#{pk}' for pk in redelivered])}.",
+                f"Queued {admin_views.plural(len(result.queued), 'callback')} for redelivery: "
+                f"{admin_views.describe([f'#{pk}' for pk in result.queued])}.",
                 messages.SUCCESS,
             )
-        if skipped:
+        for pk, why in result.refused.items():
+            self.message_user(request, f"#{pk} was not redelivered: {why}.", messages.ERROR)
+        if result.skipped:
             self.message_user(
                 request,
-                f"{admin_views.plural(len(skipped), 'callback')} had not failed and "
-                f"{'was' if len(skipped) == 1 else 'were'} left alone: "
-                f"{admin_views.describe([f'#{pk}' for pk in skipped])}.",
+                f"{admin_views.plural(len(result.skipped), 'callback')} had not failed and "
+                f"{'was' if len(result.skipped) == 1 else 'were'} left alone: "
+                f"{admin_views.describe([f'#{pk}' for pk in result.skipped])}.",
                 messages.WARNING,
             )
         return None
-
-    def redeliver(self, request: HttpRequest, delivery_ids: list[int]) -> list[int]:
-        """Reset the failed ones among delivery_ids to pending and queue them; returns the ids reset."""
-        reset: list[int] = []
-        with transaction.atomic():
-            for delivery_id in delivery_ids:
-                # Conditional, so a delivery the worker or another operator just touched is not sent twice.
-                done = CallbackDelivery.objects.filter(pk=delivery_id, state=CallbackDelivery.State.FAILED).update(
-                    state=CallbackDelivery.State.PENDING, next_attempt_at=timezone.now(), claimed_at=None
-                )
-                if done:
-                    reset.append(delivery_id)
-            if reset:
-                for delivery in CallbackDelivery.objects.filter(pk__in=reset):
-                    self.log_change(request, delivery, "Queued for redelivery")
-                admin_views.queue_deliveries(reset)
-        return reset

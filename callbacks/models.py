@@ -7,6 +7,7 @@ stream, to a call (its application's hangup request, the one call-level delivery
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.db import models
 from django.db.models import Exists, OuterRef
@@ -34,6 +35,11 @@ class CallbackDelivery(models.Model):
     idempotency_id = models.UUIDField(unique=True, default=uuid.uuid4)
     state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING, db_index=True)
     attempt_count = models.PositiveIntegerField(default=0)
+    # A redelivery starts a fresh retry budget: tries counted from budget_offset, age from budget_since.
+    budget_offset = models.PositiveIntegerField(default=0, help_text="tries made before the current retry budget")
+    budget_since = models.DateTimeField(
+        null=True, blank=True, help_text="when the current retry budget began (created_at when empty)"
+    )
     next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
@@ -60,6 +66,15 @@ class CallbackDelivery(models.Model):
         if self.stream is not None:
             return f"stream {self.stream.stream_id}"
         return f"call {self.call.call_uuid}" if self.call is not None else "—"
+
+    @property
+    def budget_attempts(self) -> int:
+        """Tries made in the current retry budget."""
+        return self.attempt_count - self.budget_offset
+
+    @property
+    def budget_started(self) -> datetime:
+        return self.budget_since or self.created_at
 
 
 OPEN_STATES = (CallbackDelivery.State.PENDING, CallbackDelivery.State.DELIVERING)

@@ -96,13 +96,17 @@ def decide(
     idempotency_id: str,
     policy: Policy,
     retry_after: str | None = None,
+    permanent: bool = False,
 ) -> Decision:
-    """What to do after try number `attempt` ended with `status_code` / `error`."""
+    """What to do after try number `attempt` ended with `status_code` / `error`.
+
+    `permanent`: an error no retry can fix (the hub's address policy refused the host).
+    """
     verdict = classify(status_code)
     what = error or f"HTTP {status_code}"
     if verdict is Verdict.DELIVERED:
         return Decision(Verdict.DELIVERED)
-    if verdict is Verdict.FAIL:
+    if verdict is Verdict.FAIL or permanent:
         return Decision(Verdict.FAIL, reason=f"{what} (not retried)")
     if attempt >= policy.max_attempts:
         return Decision(Verdict.FAIL, reason=f"{what}; gave up after {attempt} attempts")

@@ -44,6 +44,7 @@ from callbacks.models import OPEN_STATES, CallbackAttempt, CallbackDelivery, del
 from callbacks.publish import queue_delivery
 from streamhub.dbguard import bounded_atomic
 from streamhub.logs import callback_log_ids
+from streams.core.validation import EgressPolicy
 from streams.models import Call, Stream
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def callback_enqueue(*, stream: Stream, event: str, params: dict[str, str]) -> C
         # Serialises the callbacks of one stream (PostgreSQL; SQLite writes are serial
         # anyway): without it a DegradedStream could take a lower id than a StopStream
         # yet commit after it, and a worker could send the Stop first.
-        list(Stream.objects.select_for_update().filter(pk=stream.pk).values_list("pk", flat=True))
+        _lock_streams([stream.pk])
         delivery = CallbackDelivery.objects.create(
             stream=stream,
             account_id=stream.account_id,
@@ -147,6 +148,9 @@ def redacted_url(url: str) -> str:
 
 def _claim(delivery: CallbackDelivery, now: datetime) -> CallbackAttempt | None:
     with bounded_atomic():
+        # The stream's row lock orders this claim with a redelivery that reopens an earlier
+        # callback of the stream (callback_redeliver): the claim's check then sees it open.
+        _lock_streams([delivery.stream_id])
         claimed = (
             CallbackDelivery.objects.filter(
                 pk=delivery.pk, state=CallbackDelivery.State.PENDING, next_attempt_at__lte=now
@@ -208,16 +212,18 @@ def callback_attempt(*, delivery_id: int) -> AttemptOutcome:
         prepared,
         timeout=settings.STREAMHUB_CALLBACK_TIMEOUT_SECONDS,
         excerpt_limit=CallbackAttempt.RESPONSE_EXCERPT_LIMIT,
+        policy=EgressPolicy.from_settings(settings),
     )
     decision = retry.decide(
         status_code=result.status_code,
         error=result.error,
-        attempt=attempt.number,
-        created_at=delivery.created_at,
+        attempt=attempt.number - delivery.budget_offset,
+        created_at=delivery.budget_started,
         now=timezone.now(),
         idempotency_id=str(delivery.idempotency_id),
         policy=_policy(),
         retry_after=result.retry_after,
+        permanent=result.permanent,
     )
     _finish(delivery, attempt, result, decision)
     metrics.attempt_finished(event=delivery.event, decision=decision, created_at=delivery.created_at)
@@ -308,12 +314,12 @@ def callbacks_requeue_stale(*, now: datetime | None = None, limit: int = SWEEP_B
         state=state.DELIVERING, claimed_at__lt=deadline
     ).order_by("pk")
     for row in stale[:limit]:
-        exhausted = row.attempt_count >= settings.STREAMHUB_CALLBACK_MAX_ATTEMPTS
+        exhausted = row.budget_attempts >= settings.STREAMHUB_CALLBACK_MAX_ATTEMPTS
         with bounded_atomic():
             mine = CallbackDelivery.objects.filter(pk=row.pk, state=state.DELIVERING, attempt_count=row.attempt_count)
             if exhausted:
                 taken = mine.update(
-                    state=state.FAILED, last_error=f"worker lost mid-try; gave up after {row.attempt_count} attempts"
+                    state=state.FAILED, last_error=f"worker lost mid-try; gave up after {row.budget_attempts} attempts"
                 )
             else:
                 taken = mine.update(state=state.PENDING, next_attempt_at=now, last_error=INTERRUPTED)
@@ -349,6 +355,79 @@ def callbacks_requeue_stale(*, now: datetime | None = None, limit: int = SWEEP_B
                 transaction.on_commit(functools.partial(_queue, pk, check_order=False))
                 requeued += 1
     return requeued
+
+
+# --- redelivery (the console's action) ---------------------------------------------------
+
+
+@dataclass
+class Redelivery:
+    queued: list[int]  # reset to pending with a fresh retry budget, in the order they go out
+    refused: dict[int, str]  # failed, but sending it now would break its stream's order: why
+    skipped: list[int]  # not failed (pending, in flight or delivered): left alone
+
+
+def _lock_streams(stream_ids: list[int | None]) -> None:
+    """Row-lock streams (in id order): callback_enqueue, _claim and callback_redeliver serialise on them."""
+    ids = sorted({pk for pk in stream_ids if pk is not None})  # a call's own delivery has no stream
+    list(Stream.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk"))
+
+
+def callback_redeliver(*, delivery_ids: list[int], now: datetime | None = None) -> Redelivery:
+    """Send failed callbacks again, each with a fresh retry budget, without breaking per-stream order.
+
+    A failed callback goes out again with the failed callbacks that follow it in its stream
+    (so a redelivered StartStream is followed by its StopStream). It is refused when a later
+    callback of its stream was already delivered or is being delivered: the receiver would get
+    it after that one. Its attempt history and idempotency id are kept; tries are numbered on.
+    """
+    now = now or timezone.now()
+    state = CallbackDelivery.State
+    result = Redelivery([], {}, [])
+    with transaction.atomic():
+        selected = list(CallbackDelivery.objects.filter(pk__in=delivery_ids).order_by("pk"))
+        _lock_streams([row.stream_id for row in selected])
+        for row in CallbackDelivery.objects.filter(pk__in=[r.pk for r in selected]).order_by("pk"):
+            if row.pk in result.queued:
+                continue  # it went with an earlier one of its stream
+            if row.state != state.FAILED:
+                result.skipped.append(row.pk)
+                continue
+            # a call's own delivery (an application's hangup request) has no stream to keep order in
+            later = (
+                list(
+                    CallbackDelivery.objects.filter(stream_id=row.stream_id, pk__gt=row.pk)
+                    .order_by("pk")
+                    .values_list("pk", "event", "state")
+                )
+                if row.stream_id is not None
+                else []
+            )
+            ahead = next(
+                ((pk, event, st) for pk, event, st in later if st in (state.DELIVERED, state.DELIVERING)), None
+            )
+            if ahead is not None:
+                pk, event, st = ahead
+                done = "was already delivered" if st == state.DELIVERED else "is being delivered"
+                result.refused[row.pk] = (
+                    f"#{pk} {event} of the same stream {done}; sent now, #{row.pk} {row.event} would reach "
+                    "the receiver after it"
+                )
+                continue
+            batch = [row.pk, *(pk for pk, _, st in later if st == state.FAILED)]
+            for pk in batch:
+                CallbackDelivery.objects.filter(pk=pk, state=state.FAILED).update(
+                    state=state.PENDING,
+                    next_attempt_at=now,
+                    claimed_at=None,
+                    budget_offset=F("attempt_count"),
+                    budget_since=now,
+                )
+            result.queued.extend(batch)
+        # Only the first of each stream is free to go; the task that delivers it goes on with the rest.
+        for pk in result.queued:
+            transaction.on_commit(functools.partial(_queue, pk))
+    return result
 
 
 def callbacks_sweep(*, now: datetime | None = None) -> dict[str, int]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,28 @@ def env_choice(name: str, *, default: str, choices: tuple[str, ...]) -> str:
 
 def env_list(name: str, *, default: str) -> list[str]:
     return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
+
+
+def env_networks(name: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs (a bare address is one host), each checked at start."""
+    values = tuple(env_list(name, default=""))
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {value!r} is not an IP network (e.g. 10.0.0.0/8)") from exc
+    return values
+
+
+_RATE = re.compile(r"^\s*[1-9]\d*\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
+
+
+def env_rate(name: str, *, default: str) -> str:
+    """A rate in DRF's syntax ("10/min", "100/hour")."""
+    value = os.getenv(name) or default
+    if not _RATE.match(value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate such as 10/min (a number per s, min, hour or day)")
+    return value
 
 
 def local_secret_key(data_dir: Path) -> str:

@@ -14,8 +14,19 @@ import socket
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
-from streamhub.envconf import channel_layer, env_bool, env_choice, env_float, env_int, env_list, local_secret_key
+from streamhub.envconf import (
+    channel_layer,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_networks,
+    env_rate,
+    local_secret_key,
+)
 from streamhub.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -108,6 +119,19 @@ CHANNEL_LAYERS = {
     )
 }
 
+# The failed-authentication counters (streams/throttle.py): shared by every hub process through
+# Redis when there is one, in each process's memory otherwise.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        # short: an unreachable Redis must not hold a sign-in (the throttle then lets it through)
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
@@ -140,6 +164,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "streams.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    # Whose address counts for throttling: the peer's, or what the trusted proxies put in X-Forwarded-For.
+    "NUM_PROXIES": env_int("STREAMHUB_TRUSTED_PROXIES", default=0, minimum=0),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "streamhub API",
@@ -207,6 +233,10 @@ STREAMHUB_SERVER_ID = (
     f"{os.getenv('STREAMHUB_SERVER_ID') or f'{socket.gethostname()}:{os.getpid()}'}#{secrets.token_hex(4)}"
 )
 STREAMHUB_STREAM_BUFFER_SECONDS = env_float("STREAMHUB_STREAM_BUFFER_SECONDS", default=40.0, minimum=0.1)
+# A threshold of the send buffer (30/60/90 %) sends DegradedStream at most once per this many seconds.
+STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS = env_float(
+    "STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS", default=30.0, minimum=0.0
+)
 STREAMHUB_PLAYBACK_QUEUE_SECONDS = env_float("STREAMHUB_PLAYBACK_QUEUE_SECONDS", default=60.0, minimum=1.0)
 STREAMHUB_CONNECT_TIMEOUT = env_float("STREAMHUB_CONNECT_TIMEOUT", default=5.0, minimum=0.1)
 STREAMHUB_CONNECT_RETRY_DELAY = env_float("STREAMHUB_CONNECT_RETRY_DELAY", default=0.5, minimum=0.0)
@@ -221,7 +251,20 @@ STREAMHUB_DB_STATEMENT_TIMEOUT_SECONDS = env_float("STREAMHUB_DB_STATEMENT_TIMEO
 # Measured capacity of one uvicorn process on one core of the 2-vCPU development VM: 400 calls with p99 < 20 ms
 # (daphne: 200); bench/RESULTS.md. Measure yours with bench/run.py and set this below what it prints.
 STREAMHUB_MAX_CALLS = env_int("STREAMHUB_MAX_CALLS", default=350, minimum=1)
+# Active streams one call may have at once (REST, admin and gateway metadata alike); Plivo allows a handful.
+STREAMHUB_MAX_STREAMS_PER_CALL = env_int("STREAMHUB_MAX_STREAMS_PER_CALL", default=5, minimum=1)
+# Where the hub may connect (docs/callbacks.md, "Where the hub connects"). Off by default: a self-hosted
+# hub usually calls bots and receivers on its own private network. Turn them on when accounts are not
+# trusted; names are resolved and checked when connecting, and the allow-list opens known networks.
 STREAMHUB_FORBID_PRIVATE_CALLBACKS = env_bool("STREAMHUB_FORBID_PRIVATE_CALLBACKS", default=False)
+STREAMHUB_FORBID_PRIVATE_SERVICE_URLS = env_bool("STREAMHUB_FORBID_PRIVATE_SERVICE_URLS", default=False)
+STREAMHUB_ALLOWED_PRIVATE_NETWORKS = env_networks("STREAMHUB_ALLOWED_PRIVATE_NETWORKS")
+
+# Failed authentication (REST API, gateway upgrades, admin login) per client address: beyond this many
+# in a window, that address gets 429 (403 on a daphne upgrade) until the window ends.
+STREAMHUB_AUTH_FAILURE_RATE = env_rate("STREAMHUB_AUTH_FAILURE_RATE", default="10/min")
+# Proxies in front of the hub that append the client to X-Forwarded-For (0: use the peer address).
+STREAMHUB_TRUSTED_PROXIES = env_int("STREAMHUB_TRUSTED_PROXIES", default=0, minimum=0)
 
 # Applications: the answer URL's tries (decisions A4, A5)
 STREAMHUB_ANSWER_TIMEOUT_SECONDS = env_float("STREAMHUB_ANSWER_TIMEOUT_SECONDS", default=5.0, minimum=0.1)
@@ -233,6 +276,7 @@ STREAMHUB_CALLBACK_MAX_ATTEMPTS = env_int("STREAMHUB_CALLBACK_MAX_ATTEMPTS", def
 STREAMHUB_CALLBACK_BACKOFF_SECONDS = env_float("STREAMHUB_CALLBACK_BACKOFF_SECONDS", default=2.0, minimum=0.0)
 STREAMHUB_CALLBACK_BACKOFF_MAX_SECONDS = env_float("STREAMHUB_CALLBACK_BACKOFF_MAX_SECONDS", default=300.0, minimum=0.0)
 STREAMHUB_CALLBACK_MAX_AGE_SECONDS = env_float("STREAMHUB_CALLBACK_MAX_AGE_SECONDS", default=3600.0, minimum=1.0)
+# One try's whole deadline: resolve, connect, send, and read the answer.
 STREAMHUB_CALLBACK_TIMEOUT_SECONDS = env_float("STREAMHUB_CALLBACK_TIMEOUT_SECONDS", default=10.0, minimum=0.1)
 STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY = env_int("STREAMHUB_CALLBACK_ACCOUNT_CONCURRENCY", default=4, minimum=1)
 STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS = env_float(
@@ -257,3 +301,10 @@ STREAMHUB_RETAIN_CALLBACKS_DAYS = env_float("STREAMHUB_RETAIN_CALLBACKS_DAYS", d
 STREAMHUB_RETAIN_RECORDS_DAYS = env_float("STREAMHUB_RETAIN_RECORDS_DAYS", default=400.0, minimum=0.0)
 STREAMHUB_RETAIN_DEAD_PROCESSES_DAYS = env_float("STREAMHUB_RETAIN_DEAD_PROCESSES_DAYS", default=7.0, minimum=0.0)
 STREAMHUB_PRUNE_BATCH = env_int("STREAMHUB_PRUNE_BATCH", default=5000, minimum=1)
+if STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS < 2 * STREAMHUB_CALLBACK_TIMEOUT_SECONDS:
+    # A try still running when the sweep takes its delivery back would be sent twice.
+    raise ImproperlyConfigured(
+        f"STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS={STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS:g} must be at least "
+        f"twice STREAMHUB_CALLBACK_TIMEOUT_SECONDS={STREAMHUB_CALLBACK_TIMEOUT_SECONDS:g} (a try's whole deadline), "
+        "so that the sweep never takes back a delivery whose try is still running"
+    )

@@ -74,6 +74,14 @@ def call_playback(call: Call) -> tuple[bool, str]:
     return metadata.get("playback", True) is not False, str(metadata.get("playbackNote", ""))
 
 
+class TooManyStreams(Exception):
+    """The call already has STREAMHUB_MAX_STREAMS_PER_CALL active streams."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"this call already has {limit} active streams, the most one call may have")
+
+
 def callback_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -152,7 +160,9 @@ def stream_create(
     metadata gets, as nobody could hear a refusal. REST and the admin pass `refuse_one_way`:
     their caller hears PlaybackUnavailable and decides.
 
-    Raises CallNotLive, StreamConflict (a second active stream to the same URL) or PlaybackUnavailable.
+    Raises CallNotLive, StreamConflict (a second active stream to the same URL), PlaybackUnavailable or
+    TooManyStreams (STREAMHUB_MAX_STREAMS_PER_CALL active already; counted under the call's
+    row lock, so racing starts cannot pass it together).
     With `notify_session`, ControlUndelivered when the holding process cannot be told: the
     stream is then ended at once ("Connection error"), never left `initiated`.
     """
@@ -161,6 +171,9 @@ def stream_create(
             locked = Call.objects.select_for_update().get(pk=call.pk)
             if locked.status != Call.Status.LIVE:
                 raise CallNotLive(str(call.call_uuid))
+            limit = settings.STREAMHUB_MAX_STREAMS_PER_CALL
+            if Stream.objects.filter(call=locked, end_time__isnull=True).count() >= limit:
+                raise TooManyStreams(limit)
             plays, note = call_playback(locked)
             one_way = params.bidirectional and not plays
             if one_way and refuse_one_way:

@@ -38,6 +38,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+UNTHROTTLED = "1000000/min"
+
+
+@pytest.fixture(autouse=True)
+def _unthrottled(settings: Any) -> None:
+    """In-process tests all come from 127.0.0.1 too; throttling tests lower the rate themselves."""
+    settings.STREAMHUB_AUTH_FAILURE_RATE = UNTHROTTLED
+
+
 @pytest.fixture
 def account(db: None) -> Account:
     return Account.objects.create(name="Acme")
@@ -67,6 +76,9 @@ def server_env(**overrides: Any) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
             "STREAMHUB_CONNECT_RETRY_DELAY": "0.05",
             "STREAMHUB_CONNECT_TIMEOUT": "2",
+            # Every test connects from 127.0.0.1, and with Redis the hubs share the counter: the
+            # tests of failed-auth throttling set their own rate and client addresses.
+            "STREAMHUB_AUTH_FAILURE_RATE": UNTHROTTLED,
         }
     )
     if settings.REDIS_URL:

@@ -72,6 +72,33 @@ def test_a_malformed_boolean_fails_loudly(tmp_path: Path, value: str) -> None:
     assert "ImproperlyConfigured" in str(got.get("error")) and "DJANGO_DEBUG" in str(got.get("error"))
 
 
+def test_a_callback_try_must_fit_twice_in_the_pending_deadline(tmp_path: Path) -> None:
+    """Issue 15 §4: a try still running when the sweep takes its delivery back would be sent twice."""
+    got = probe(tmp_path, STREAMHUB_CALLBACK_TIMEOUT_SECONDS="70")  # pending deadline 120 by default
+    error = str(got.get("error"))
+    assert "ImproperlyConfigured" in error
+    assert (
+        "STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS=120 must be at least twice STREAMHUB_CALLBACK_TIMEOUT_SECONDS=70"
+        in error
+    )
+    assert "error" not in probe(tmp_path, STREAMHUB_CALLBACK_TIMEOUT_SECONDS="60")
+    assert "error" not in probe(
+        tmp_path, STREAMHUB_CALLBACK_TIMEOUT_SECONDS="70", STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS="140"
+    )
+
+
+def test_allowed_private_networks_are_cidrs_checked_at_start(tmp_path: Path) -> None:
+    assert "error" not in probe(tmp_path, STREAMHUB_ALLOWED_PRIVATE_NETWORKS="10.0.0.0/8, fd00::/8,192.168.1.7")
+    got = probe(tmp_path, STREAMHUB_ALLOWED_PRIVATE_NETWORKS="10.0.0.0/8,intranet")
+    assert "ImproperlyConfigured" in str(got.get("error")) and "'intranet' is not an IP network" in str(got["error"])
+
+
+@pytest.mark.parametrize("rate", ["10", "ten/min", "0/min", "5/fortnight"])
+def test_a_malformed_auth_failure_rate_fails_loudly(tmp_path: Path, rate: str) -> None:
+    got = probe(tmp_path, STREAMHUB_AUTH_FAILURE_RATE=rate)
+    assert "ImproperlyConfigured" in str(got.get("error")) and "is not a rate such as 10/min" in str(got["error"])
+
+
 def test_create_account_prints_credentials_as_json(tmp_path: Path, transactional_db: None) -> None:
     import io
 

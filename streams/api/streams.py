@@ -24,7 +24,7 @@ from streams.api.errors import MAX_BODY_BYTES, PayloadTooLarge, api_error, new_a
 from streams.api.lookups import call_for, request_account, stream_for
 from streams.api.pagination import PAGE_PARAMETERS, paginate
 from streams.api.serializers import ErrorSerializer, MetaSerializer, StreamObjectSerializer, WithApiId
-from streams.core.validation import StreamParamError, StreamParams, validate_stream_params
+from streams.core.validation import EgressPolicy, StreamParamError, StreamParams, validate_stream_params
 from streams.models import Call, Stream
 
 ERROR = OpenApiResponse(ErrorSerializer, description='{"api_id", "error"}')
@@ -97,9 +97,7 @@ class StreamCollectionApi(APIView):
             # null means "not given" (some clients serialise unset options as null)
             given = {key: value for key, value in data.items() if value is not None}
             try:
-                return validate_stream_params(
-                    given, forbid_private_callbacks=settings.STREAMHUB_FORBID_PRIVATE_CALLBACKS
-                )
+                return validate_stream_params(given, policy=EgressPolicy.from_settings(settings))
             except StreamParamError as exc:
                 raise serializers.ValidationError(exc.errors) from None
 
@@ -146,6 +144,8 @@ class StreamCollectionApi(APIView):
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        except services.TooManyStreams as exc:
+            return api_error(f"{exc}; stop one before starting another", status=status.HTTP_400_BAD_REQUEST)
         body = {"api_id": new_api_id(), "message": "audio streaming started", "stream_id": stream.stream_id}
         return Response(StreamCollectionApi.Started(body).data, status=status.HTTP_201_CREATED)
 

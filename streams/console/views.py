@@ -18,9 +18,9 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin import helpers
+from django.contrib.admin import site as admin_site
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -30,14 +30,14 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
 from callbacks.models import CallbackAttempt, CallbackDelivery
-from callbacks.publish import queue_delivery
-from streams import services
+from streams import services, throttle
 from streams.console.base import MAX_PK_DIGITS, parse_uuid
 from streams.core import timeline
 from streams.core.validation import (
     AUDIO_TRACKS,
     CALLBACK_METHODS,
     CONTENT_TYPES,
+    EgressPolicy,
     StreamParamError,
     validate_stream_params,
 )
@@ -536,9 +536,7 @@ class StartStreamForm(forms.Form):
         if self.errors:
             return data
         try:
-            self.params = validate_stream_params(
-                data, forbid_private_callbacks=settings.STREAMHUB_FORBID_PRIVATE_CALLBACKS
-            )
+            self.params = validate_stream_params(data, policy=EgressPolicy.from_settings(settings))
         except StreamParamError as exc:
             for field, message in exc.errors.items():
                 self.add_error(field if field in self.fields else None, f"{field} {message}")
@@ -572,6 +570,8 @@ def start_stream_view(model_admin: ModelAdmin[Any], request: HttpRequest, object
                 "The hub process holding this call could not be reached (channel layer unavailable); "
                 "the stream was not started (it ended at once: Connection error). Try again.",
             )
+        except services.TooManyStreams as exc:
+            form.add_error(None, f"No stream was started: {exc}; stop one before starting another.")
         else:
             model_admin.log_change(request, call, f"Started stream {stream.stream_id} from the admin")
             model_admin.message_user(
@@ -593,14 +593,25 @@ def start_stream_view(model_admin: ModelAdmin[Any], request: HttpRequest, object
     return TemplateResponse(request, "admin/streams/call/start_stream.html", context)
 
 
-# --- redeliver callbacks ------------------------------------------------------------------
+# --- sign-in ---------------------------------------------------------------------------------
 
 
-def queue_deliveries(delivery_ids: Sequence[int]) -> None:
-    """Hand deliveries to Celery once the reset is committed (the worker must see them pending)."""
-
-    def send() -> None:
-        for delivery_id in delivery_ids:
-            queue_delivery(delivery_id)
-
-    transaction.on_commit(send)
+def login_view(request: HttpRequest) -> HttpResponse:
+    """The admin's sign-in page, with failed attempts throttled per client address (streams.throttle,
+    the counter the API and the gateway upgrades use): beyond the rate, 429 until the window ends.
+    Django's ModelBackend runs the password hasher for an unknown user name too, so an unknown
+    name and a wrong password take the same time."""
+    address = throttle.client_address(request.META.get("REMOTE_ADDR"), request.headers.get("X-Forwarded-For"))
+    if request.method == "POST":
+        wait = throttle.retry_after(address)
+        if wait is not None:
+            return HttpResponse(
+                f"Too many failed sign-in attempts from this address; try again in {wait} s.\n",
+                status=429,
+                content_type="text/plain; charset=utf-8",
+                headers={"Retry-After": str(wait)},
+            )
+    response = admin_site.login(request)
+    if request.method == "POST" and response.status_code == 200 and not request.user.is_authenticated:
+        throttle.record_failure(address)  # the form came back: the sign-in failed
+    return response

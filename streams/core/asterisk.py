@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.core.audiofork import parse_gateway_metadata
-from streams.core.framing import DTMF_DIGITS, ProtocolError
+from streams.core.framing import DTMF_DIGITS, ProtocolError, loads
 from streams.core.gateway import GatewayMetadata
 from streams.core.validation import FIELD_NAMES
 
@@ -92,8 +92,8 @@ def parse_event(text: str) -> Event:
         raise ProtocolError("empty text message")
     if stripped.startswith("{"):
         try:
-            data = json.loads(stripped)
-        except (json.JSONDecodeError, RecursionError) as exc:
+            data = loads(stripped)
+        except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"invalid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ProtocolError("a JSON event must be an object")
@@ -124,7 +124,7 @@ def parse_event(text: str) -> Event:
 def _int(value: Any, default: int) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         return default
 
 
@@ -197,8 +197,8 @@ def call_metadata(query: dict[str, str], start: MediaStart) -> GatewayMetadata:
     listed = pick("streams")
     if listed:
         try:
-            parsed = json.loads(listed)
-        except (json.JSONDecodeError, RecursionError):
+            parsed = loads(listed)
+        except (ValueError, RecursionError):
             parsed = None
         if isinstance(parsed, list) and all(isinstance(item, dict) for item in parsed):
             streams.extend(parsed)

@@ -112,15 +112,23 @@ class Format:
 
 
 class Encoder:
-    """Gateway L16 (mono, gateway rate) -> exact 20 ms frames in a stream's format, statefully."""
+    """Gateway L16 (mono, gateway rate) -> exact 20 ms frames in a stream's format, statefully.
 
-    __slots__ = ("_fmt", "_passthrough", "_reframer", "_resampler")
+    The resampler and the reframer hold back a remainder (ratecv emits 319 samples for the
+    first 160 it upsamples); `flush` turns it into the last frame, padded with silence, so the
+    stream carries exactly as many 20 ms frames as the gateway's audio lasted (rounded up).
+    """
+
+    __slots__ = ("_fmt", "_gateway_rate", "_in_bytes", "_out_frames", "_passthrough", "_reframer", "_resampler")
 
     def __init__(self, gateway_rate: int, fmt: Format) -> None:
         self._fmt = fmt
+        self._gateway_rate = gateway_rate
         self._resampler = Resampler(gateway_rate, fmt.rate)
         self._reframer = Reframer(frame_bytes(fmt.rate))
         self._passthrough = gateway_rate == fmt.rate and not fmt.mulaw
+        self._in_bytes = 0
+        self._out_frames = 0
 
     @property
     def passthrough(self) -> bool:
@@ -128,9 +136,26 @@ class Encoder:
         return self._passthrough
 
     def encode(self, pcm_frame: bytes) -> list[bytes]:
+        self._in_bytes += len(pcm_frame)
         if self._passthrough:
-            return self._reframer.push(pcm_frame)
+            frames = self._reframer.push(pcm_frame)
+            self._out_frames += len(frames)
+            return frames
         frames = self._reframer.push(self._resampler.convert(pcm_frame))
+        self._out_frames += len(frames)
+        if self._fmt.mulaw:
+            return [ulaw_encode(f) for f in frames]
+        return frames
+
+    def flush(self) -> list[bytes]:
+        """The frames still owed at the end of the stream: the remainder, padded with silence."""
+        in_frame = frame_bytes(self._gateway_rate)
+        owed = -(-self._in_bytes // in_frame) - self._out_frames
+        tail = self._reframer.flush_padded()
+        if owed <= 0:
+            return []
+        frames = (tail + [silence(self._fmt.rate)] * owed)[:owed]
+        self._out_frames += owed
         if self._fmt.mulaw:
             return [ulaw_encode(f) for f in frames]
         return frames

@@ -15,11 +15,10 @@ audio nobody heard.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from streams.core.framing import DTMF_DIGITS, ProtocolError, dumps, json_object
+from streams.core.framing import DTMF_DIGITS, ProtocolError, dumps, json_object, loads
 from streams.core.gateway import GatewayMetadata
 from streams.core.validation import parse_bool
 
@@ -32,13 +31,27 @@ def _text(value: Any, limit: int = 128) -> str:
     return value[:limit] if isinstance(value, str) else str(value)[:limit] if isinstance(value, int | float) else ""
 
 
+def sample_rate(value: Any) -> int | None:
+    """8000 or 16000 from a number, a numeric string or "8k"/"16k"; None for anything else."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        value = {"8k": 8000, "16k": 16000}.get(text, text)
+        if isinstance(value, str):
+            value = int(value) if value.isascii() and value.isdigit() and len(value) <= 6 else None
+    if isinstance(value, float) and value.is_integer():  # false for NaN and the infinities
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value in (8000, 16000):
+        return value
+    return None
+
+
 def parse_gateway_metadata(text: str, *, defaults: dict[str, str] | None = None) -> GatewayMetadata:
     """The first TEXT frame. Non-JSON text is kept as opaque metadata; bad fields become errors."""
     meta = GatewayMetadata()
     for key, value in (defaults or {}).items():
         _apply(meta, key, value)
     try:
-        data = json.loads(text)
+        data = loads(text)
     except (ValueError, RecursionError):
         meta.raw = text[:8192]
         return meta
@@ -85,15 +98,12 @@ def _apply(meta: GatewayMetadata, key: str, value: Any) -> None:
     elif key == "direction":
         meta.direction = "outbound" if _text(value).lower().startswith("outbound") else "inbound"
     elif key == "sampleRate":
-        rate = {"8k": 8000, "16k": 16000}.get(str(value).lower(), value)
-        try:
-            rate = int(rate)
-        except (TypeError, ValueError):
-            rate = 0
-        if rate in (8000, 16000):
+        rate = sample_rate(value)
+        if rate is not None:
             meta.sample_rate = rate
         else:
-            meta.errors.append(f"sampleRate {value!r} is not 8000 or 16000; using {meta.sample_rate}")
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
+            meta.errors.append(f"sampleRate {shown} is not 8000 or 16000; using {meta.sample_rate}")
     elif key == "mixType":
         if value in ("mono", "mixed", "stereo"):
             meta.mix_type = value

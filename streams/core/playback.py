@@ -5,7 +5,8 @@ Clips from `playAudio` become 20 ms frames at the gateway's rate, appended in or
 is due right after the last of that audio has been written to the gateway, or at once
 when nothing is queued. `clear(owner)` drops that stream's frames and markers without
 acknowledging them (D12). Several bidirectional streams on one call share the queue,
-each clearing only its own audio.
+each clearing only its own audio. The queue counts each owner's checkpoints, so the call
+session can bound what one stream may leave outstanding (MAX_OUTSTANDING_CHECKPOINTS).
 
 The Pacer schedules frame k at t0 + k·20 ms on the monotonic clock; after a stall it
 skips the frames whose slots have passed rather than bursting the backlog or sliding
@@ -18,9 +19,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 FRAME_SECONDS = 0.020
+# Checkpoints of one stream waiting for their audio to play (or for the gateway to confirm a
+# mark): beyond this a customer could make the hub hold names without limit, so more are ignored.
+MAX_OUTSTANDING_CHECKPOINTS = 1000
 
 
 class QueueFull(Exception):
+    pass
+
+
+class TooManyCheckpoints(Exception):
     pass
 
 
@@ -45,6 +53,7 @@ class PlaybackQueue:
         self.frame_size = frame_size
         self.max_frames = int(max_seconds / FRAME_SECONDS)
         self._frames: deque[Frame] = deque()
+        self._checkpoints: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -52,6 +61,17 @@ class PlaybackQueue:
     def queued_seconds(self, owner: str | None = None) -> float:
         frames = self._frames if owner is None else [f for f in self._frames if f.owner == owner]
         return len(frames) * FRAME_SECONDS
+
+    def checkpoints_of(self, owner: str) -> int:
+        """How many of this owner's checkpoints wait behind queued audio."""
+        return self._checkpoints.get(owner, 0)
+
+    def _count(self, owner: str, delta: int) -> None:
+        count = self._checkpoints.get(owner, 0) + delta
+        if count > 0:
+            self._checkpoints[owner] = count
+        else:
+            self._checkpoints.pop(owner, None)
 
     def _last_of(self, owner: str) -> Frame | None:
         for frame in reversed(self._frames):
@@ -81,6 +101,7 @@ class PlaybackQueue:
         if last is None:
             return False
         last.checkpoints.append(name)
+        self._count(owner, 1)
         return True
 
     def clear(self, owner: str) -> tuple[int, list[str]]:
@@ -94,12 +115,15 @@ class PlaybackQueue:
             else:
                 kept.append(frame)
         self._frames = kept
+        self._checkpoints.pop(owner, None)
         return dropped, names
 
     def next_frame(self) -> Played | None:
         if not self._frames:
             return None
         frame = self._frames.popleft()
+        if frame.checkpoints:
+            self._count(frame.owner, -len(frame.checkpoints))
         return Played(frame.owner, frame.pcm, tuple(frame.checkpoints))
 
 

@@ -8,9 +8,10 @@ field as the caller spelled it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -94,7 +95,90 @@ def parse_positive_int(value: Any, maximum: int = MAX_STREAM_TIMEOUT) -> int:
     return number
 
 
-def check_ws_url(value: Any) -> str:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AddressRefused(Exception):
+    """The egress policy forbids an address the host resolved to (deliberately not an OSError,
+    so HTTP and WebSocket libraries pass it through rather than retrying or rewrapping it)."""
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """Where the hub may connect: callback URLs (HTTP) and service URLs (WebSocket).
+
+    A forbidden address is one that is not public: loopback, private, link-local, shared
+    (100.64/10), reserved, unspecified or multicast, IPv4-mapped IPv6 included, unless it lies
+    in one of `allowed_networks`. Validation refuses literal forbidden addresses and local
+    names up front; the connecting code checks every address a name resolves to and then
+    connects to one of those very addresses (no second lookup a rebinding DNS could answer).
+    """
+
+    forbid_private_callbacks: bool = False
+    forbid_private_services: bool = False
+    allowed_networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def from_settings(cls, conf: Any) -> EgressPolicy:
+        """The policy from a settings object (STREAMHUB_FORBID_PRIVATE_CALLBACKS, …)."""
+        return _policy(
+            bool(getattr(conf, "STREAMHUB_FORBID_PRIVATE_CALLBACKS", False)),
+            bool(getattr(conf, "STREAMHUB_FORBID_PRIVATE_SERVICE_URLS", False)),
+            tuple(getattr(conf, "STREAMHUB_ALLOWED_PRIVATE_NETWORKS", ())),
+        )
+
+    def forbids(self, address: str) -> bool:
+        """True for an address the hub must not connect to (when that policy is on)."""
+        try:
+            ip = ipaddress.ip_address(address.strip("[]").partition("%")[0])
+        except ValueError:
+            return True  # not an address at all: nothing to connect to
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in network for network in self.allowed_networks):
+            return False
+        return not ip.is_global or ip.is_multicast or ip.is_unspecified
+
+    def forbidden_host(self, host: str) -> bool:
+        """A host as written in a URL that is forbidden without resolving it: a local name or a literal address."""
+        name = host.lower().rstrip(".")
+        if name in ("localhost", "localhost.localdomain") or name.endswith(".localhost"):
+            return self.forbids("127.0.0.1") and self.forbids("::1")
+        try:
+            ipaddress.ip_address(host.strip("[]").partition("%")[0])
+        except ValueError:
+            return False
+        return self.forbids(host)
+
+    def refusal(self, host: str, addresses: list[str]) -> str | None:
+        """Why connecting to `host` (resolved to `addresses`) is refused, or None when every address is allowed."""
+        refused = sorted({a for a in addresses if self.forbids(a)})
+        if not refused:
+            return None
+        shown = ", ".join(refused[:3]) + (", …" if len(refused) > 3 else "")
+        return f"{host} resolves to a private or loopback address ({shown}), which this hub forbids"
+
+
+@functools.lru_cache(maxsize=16)
+def _policy(callbacks: bool, services: bool, networks: tuple[str, ...]) -> EgressPolicy:
+    return EgressPolicy(callbacks, services, tuple(parse_networks(networks)))
+
+
+def parse_networks(values: Iterable[str]) -> list[Network]:
+    """CIDRs ("10.0.0.0/8", "fd00::/8", a bare address for one host); ValueError names a bad one."""
+    networks: list[Network] = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network (CIDR such as 10.0.0.0/8)") from None
+    return networks
+
+
+NO_POLICY = EgressPolicy()
+
+
+def check_ws_url(value: Any, policy: EgressPolicy = NO_POLICY) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("is required (a ws:// or wss:// URL)")
     url = value.strip()
@@ -113,10 +197,14 @@ def check_ws_url(value: Any) -> str:
         raise ValueError("must name a host")
     if port == 0:
         raise ValueError("has an invalid port")
+    if policy.forbid_private_services and policy.forbidden_host(parts.hostname):
+        raise ValueError("points to a private or loopback address, which this hub forbids")
     return url
 
 
-def check_callback_url(value: Any, *, forbid_private: bool = False) -> str:
+def check_callback_url(value: Any, *, forbid_private: bool = False, policy: EgressPolicy | None = None) -> str:
+    if policy is None:
+        policy = EgressPolicy(forbid_private_callbacks=forbid_private)
     if value is None or value == "":
         return ""
     if not isinstance(value, str):
@@ -135,19 +223,9 @@ def check_callback_url(value: Any, *, forbid_private: bool = False) -> str:
         raise ValueError("must be an http:// or https:// URL")
     if not parts.hostname:
         raise ValueError("must name a host")
-    if forbid_private and is_private_host(parts.hostname):
+    if policy.forbid_private_callbacks and policy.forbidden_host(parts.hostname):
         raise ValueError("points to a private or loopback address, which this hub forbids")
     return url
-
-
-def is_private_host(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
 
 
 def check_extra_headers(value: Any) -> str:
@@ -178,8 +256,16 @@ def _choice(value: Any, allowed: tuple[str, ...], *, upper: bool = False) -> str
     return text
 
 
-def validate_stream_params(data: Mapping[str, Any], *, forbid_private_callbacks: bool = False) -> StreamParams:
-    """Raise StreamParamError naming every bad field; unknown fields are errors too."""
+def validate_stream_params(
+    data: Mapping[str, Any], *, forbid_private_callbacks: bool = False, policy: EgressPolicy | None = None
+) -> StreamParams:
+    """Raise StreamParamError naming every bad field; unknown fields are errors too.
+
+    `policy` (EgressPolicy.from_settings(settings) in the hub) refuses literal private
+    addresses in service and callback URLs; `forbid_private_callbacks` is its callback half alone.
+    """
+    if policy is None:
+        policy = EgressPolicy(forbid_private_callbacks=forbid_private_callbacks)
     errors: dict[str, str] = {}
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}
@@ -197,11 +283,11 @@ def validate_stream_params(data: Mapping[str, Any], *, forbid_private_callbacks:
         values[canon], spelled[canon] = raw, key
 
     checks: dict[str, Any] = {
-        "service_url": check_ws_url,
+        "service_url": lambda v: check_ws_url(v, policy),
         "bidirectional": parse_bool,
         "audio_track": lambda v: _choice(v, AUDIO_TRACKS),
         "stream_timeout": parse_positive_int,
-        "status_callback_url": lambda v: check_callback_url(v, forbid_private=forbid_private_callbacks),
+        "status_callback_url": lambda v: check_callback_url(v, policy=policy),
         "status_callback_method": lambda v: _choice(v, CALLBACK_METHODS, upper=True),
         "content_type": lambda v: _choice(v.replace(" ", "") if isinstance(v, str) else v, CONTENT_TYPES),
         "extra_headers": check_extra_headers,

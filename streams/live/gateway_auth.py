@@ -3,6 +3,9 @@
 HTTP Basic with an account's auth_id/auth_token (mod_audio_fork's
 MOD_AUDIO_BASIC_AUTH_* channel variables, Asterisk's websocket_client username/password),
 or `?token=<ingest token>` in the query string for gateways that cannot send headers.
+
+Failed attempts are throttled per client address (streams.throttle, shared with the API and
+the admin login); an unknown auth_id or ingest token costs the same comparison as a wrong one.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from streams import throttle
 from streams.models import Account
 
 
@@ -36,18 +41,61 @@ def _basic_credentials(scope: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+# Compared against when nothing matches: the lengths of real tokens (streams.models).
+DUMMY_AUTH_TOKEN = "0" * 40
+DUMMY_INGEST_TOKEN = "gw_" + "0" * 32
+
+
+@dataclass(frozen=True)
+class Admission:
+    account: Account | None
+    retry_after: int | None = None  # throttled: refuse without checking anything
+
+
 def authenticate(scope: dict[str, Any]) -> Account | None:
     """The active account the upgrade proves, or None (the caller refuses before accept)."""
+    return _check(scope)[0]
+
+
+def _check(scope: dict[str, Any]) -> tuple[Account | None, bool]:
+    """(the account proven, whether credentials were presented at all)."""
     creds = _basic_credentials(scope)
     if creds is not None:
         auth_id, token = creds
-        account = Account.objects.filter(auth_id=auth_id, is_active=True).first()
-        if account is not None and hmac.compare_digest(account.auth_token.encode(), token.encode()):
-            return account
-        return None
+        account = _account(auth_id=auth_id)
+        expected = account.auth_token if account is not None else DUMMY_AUTH_TOKEN
+        matches = hmac.compare_digest(expected.encode(), token.encode())
+        return (account if matches else None), True
     token = query_params(scope).get("token", "")
     if token:
-        account = Account.objects.filter(ingest_token=token, is_active=True).first()
-        if account is not None and hmac.compare_digest(account.ingest_token.encode(), token.encode()):
-            return account
-    return None
+        account = _account(ingest_token=token)
+        expected = account.ingest_token if account is not None else DUMMY_INGEST_TOKEN
+        matches = hmac.compare_digest(expected.encode(), token.encode())
+        return (account if matches else None), True
+    return None, False
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    client = scope.get("client") or (None, None)
+    headers = scope.get("headers", [])
+    forwarded = next((v.decode("latin-1") for k, v in headers if k.lower() == b"x-forwarded-for"), None)
+    return throttle.client_address(client[0], forwarded)
+
+
+def _account(**lookup: str) -> Account | None:
+    # A NUL byte makes PostgreSQL raise instead of matching nothing; a 64-character field holds no longer value.
+    if any("\x00" in value or len(value) > 64 for value in lookup.values()):
+        return None
+    return Account.objects.filter(is_active=True, **lookup).first()
+
+
+def admit(scope: dict[str, Any]) -> Admission:
+    """Authenticate the upgrade unless its address has failed too often; count a failure."""
+    address = client_address(scope)
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        return Admission(None, wait)
+    account, presented = _check(scope)
+    if account is None and presented:
+        throttle.record_failure(address)
+    return Admission(account)

@@ -173,11 +173,16 @@ class IngestConsumer(AsyncWebsocketConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         try:
-            self.account = await db_async(gateway_auth.authenticate)(self.scope)
+            admitted = await db_async(gateway_auth.admit)(self.scope)
         except DatabaseError as exc:
             log.warning("%s ingest refused: database unavailable (%s)", self.gateway, type(exc).__name__)
             await self.refuse_unavailable(DB_UNAVAILABLE)
             return
+        if admitted.retry_after is not None:
+            log.warning("%s ingest refused: too many failed attempts from this address", self.gateway)
+            await self.refuse_throttled(admitted.retry_after)
+            return
+        self.account = admitted.account
         if self.account is None:
             log.warning("%s ingest refused: missing or wrong credentials", self.gateway)
             await self.close()
@@ -206,12 +211,19 @@ class IngestConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=gateway_error(reason))
         await self.close(code=code)
 
-    async def send_http_refusal(self, status: int, body: bytes) -> None:
+    async def refuse_throttled(self, retry_after: int) -> None:
+        if "websocket.http.response" in self.scope.get("extensions", {}):
+            body = b"too many failed authentication attempts from this address; try again later"
+            await self.send_http_refusal(429, body, ((b"retry-after", str(retry_after).encode()),))
+            return
+        await self.close()  # daphne: refused before accept, HTTP 403
+
+    async def send_http_refusal(self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         await self.base_send(
             {
                 "type": "websocket.http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"text/plain")],
+                "headers": [(b"content-type", b"text/plain"), *headers],
             }
         )
         await self.base_send({"type": "websocket.http.response.body", "body": body})

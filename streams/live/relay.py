@@ -40,7 +40,8 @@ from streams.core import framing, plivo
 from streams.core.audio import Decoder, Encoder, Format
 from streams.core.buffer import Degraded, Overflow, SendBuffer
 from streams.core.noise import ENGINE, NoiseSuppressor
-from streams.core.playback import QueueFull
+from streams.core.playback import QueueFull, TooManyCheckpoints
+from streams.core.validation import AddressRefused, EgressPolicy
 from streams.live import tally
 from streams.live.dbasync import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, db_async, db_persist
 from streams.models import Stream
@@ -56,6 +57,7 @@ DEBUG_EVENT_LIMIT = 200  # per kind of peer-triggered event, then one "suppresse
 SAMPLE_EVERY = 1.0
 MAX_SAMPLES = 3600
 CANCELLED = "the relay was cancelled without a stop request (the hub process is shutting down)"
+FINAL_DRAIN_SECONDS = 2.0  # on a normal end, how long the last queued audio may take to leave
 
 
 def redact_url(url: str) -> str:
@@ -76,6 +78,38 @@ def _tls_context(cafile: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
+async def checked_socket(url: str, policy: EgressPolicy) -> socket.socket:
+    """A socket connected to an address of the URL's host that the policy allows, or AddressRefused.
+
+    The name is resolved once and the socket goes to one of the addresses checked (no second
+    lookup for a rebinding DNS to answer); websockets then speaks TLS (SNI, certificate) and
+    the Host header with the name from the URL.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    refusal = policy.refusal(host, [str(info[4][0]) for info in infos])
+    if refusal is not None:
+        raise AddressRefused(refusal)
+    last: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise last or OSError(f"{host} resolves to no address")
+
+
 def upgrade_headers(url: str, auth_token: str) -> dict[str, str]:
     from callbacks.signing import new_nonce, sign_ws_upgrade
 
@@ -92,7 +126,8 @@ class RelayHost(Protocol):
         """Queue decoded `playAudio` audio for the call; raises QueueFull beyond the bound."""
 
     def checkpoint(self, relay: StreamRelay, name: str) -> bool:
-        """False when the checkpoint is due at once; True when it waits behind queued audio."""
+        """False when the checkpoint is due at once; True when it waits behind queued audio.
+        Raises TooManyCheckpoints when the stream has MAX_OUTSTANDING_CHECKPOINTS waiting."""
 
     def clear(self, relay: StreamRelay) -> tuple[int, list[str]]:
         """Drop this stream's queued audio: (frames dropped, checkpoint names dropped)."""
@@ -126,7 +161,9 @@ class StreamRelay:
         self._chunk = 0
         self.template = plivo.MediaTemplate(self.stream_id, stream.extra_headers)
         self.decoder = Decoder(gateway_rate)
-        self.buffer = SendBuffer(settings.STREAMHUB_STREAM_BUFFER_SECONDS)
+        self.buffer = SendBuffer(
+            settings.STREAMHUB_STREAM_BUFFER_SECONDS, min_interval=settings.STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS
+        )
         self.seq = 1  # `start` is 1; every later frame takes the next number when it is queued
         self.start_ms = int(time.time() * 1000)
         self.started_mono = time.monotonic()
@@ -240,11 +277,16 @@ class StreamRelay:
 
     async def _connect(self) -> ClientConnection | None:
         url = self.stream.service_url
+        policy = EgressPolicy.from_settings(settings)
         attempts = 3
         last = ""
         for attempt in range(1, attempts + 1):
             tally.connect_attempt()
             try:
+                extra: dict[str, Any] = {}
+                if policy.forbid_private_services:
+                    async with asyncio.timeout(settings.STREAMHUB_CONNECT_TIMEOUT):
+                        extra["sock"] = await checked_socket(url, policy)
                 ws = await connect(
                     url,
                     additional_headers=upgrade_headers(url, self.stream.account.auth_token),
@@ -260,9 +302,14 @@ class StreamRelay:
                     # buffer (Degraded 30/60/90, then Dropped) decide, not the keepalive.
                     ping_interval=20,
                     ping_timeout=settings.STREAMHUB_STREAM_BUFFER_SECONDS + 20,
+                    **extra,
                 )
             except asyncio.CancelledError:
                 raise
+            except AddressRefused as exc:  # no retry can change the policy's answer
+                self.log_event("ConnectAttemptFailed", f"refused: {exc}", {"Attempt": attempt, "MaxAttempts": attempts})
+                self.stop(Stream.Reason.CONNECTION_ERROR, f"refused: {exc}")
+                return None
             except Exception as exc:
                 tally.connect_failed(exc)
                 last = describe_connect_error(exc)
@@ -435,6 +482,10 @@ class StreamRelay:
             ws.transport.abort()  # a consumer that does not read would stall the closing handshake
             return
         try:
+            if self.connected and reason != Stream.Reason.CONNECTION_ERROR:
+                # A normal end: the audio still queued and the encoders' tail go out first.
+                self._queue_tail()
+                await asyncio.wait_for(self._drain(ws), FINAL_DRAIN_SECONDS)
             if settings.STREAMHUB_SEND_STOP_FRAME and self.connected:
                 self.seq += 1
                 await asyncio.wait_for(
@@ -444,6 +495,23 @@ class StreamRelay:
         except (TimeoutError, ConnectionClosed, OSError):
             ws.transport.abort()
 
+    def _queue_tail(self) -> None:
+        """The resamplers' remainder as the last frame of each track, padded with silence, so
+        the stream lasts as long as the call audio it was given."""
+        for track in self.tracks:
+            for payload in self.encoders[track].flush():
+                chunk = self.chunks[track] + 1
+                self.chunks[track] = chunk
+                self.seq += 1
+                message = self.template.render(self.seq, track, self.start_ms + 20 * (chunk - 1), chunk, payload)
+                self.buffer.push(message, 0.0, 0.0)
+
+    async def _drain(self, ws: ClientConnection) -> None:
+        buffer = self.buffer
+        while buffer:
+            await ws.send(buffer.popleft())
+            self.frames_sent += 1
+
     # --- audio path (no await, no database) ------------------------------------------
 
     def on_audio(self, inbound: bytes, outbound: bytes, wake: bool = True) -> None:
@@ -451,11 +519,12 @@ class StreamRelay:
         if self.end_reason is not None:
             return
         buffer, template, start_ms = self.buffer, self.template, self.start_ms
+        now = time.monotonic()
         if self._plain_inbound:  # the common case, without the general loop's lookups
             chunk = self._chunk = self._chunk + 1
             seq = self.seq = self.seq + 1
             message = template.render(seq, "inbound", start_ms + 20 * (chunk - 1), chunk, inbound)
-            events = buffer.push(message, FRAME_SECONDS)
+            events = buffer.push(message, FRAME_SECONDS, now)
             if events:
                 self._on_buffer_events(events)
         else:
@@ -470,13 +539,12 @@ class StreamRelay:
                     self.chunks[track] = chunk
                     self.seq += 1
                     message = template.render(self.seq, track, start_ms + 20 * (chunk - 1), chunk, payload)
-                    events = buffer.push(message, FRAME_SECONDS if first else 0.0)
+                    events = buffer.push(message, FRAME_SECONDS if first else 0.0, now)
                     first = False
                     if events:
                         self._on_buffer_events(events)
         if wake:
             self._wake.set()
-        now = time.monotonic()
         if now >= self._next_sample:
             self._sample(now)
 
@@ -531,7 +599,9 @@ class StreamRelay:
         if self.end_reason is not None:
             return
         self.seq += 1
-        self.buffer.push(message_for_seq(self.seq), 0.0)
+        events = self.buffer.push(message_for_seq(self.seq), 0.0, time.monotonic())
+        if events:  # the item bound: a customer that never reads cannot pile these up
+            self._on_buffer_events(events)
         self._wake.set()
 
     def on_dtmf(self, digit: str) -> None:
@@ -568,7 +638,11 @@ class StreamRelay:
             except QueueFull as exc:
                 self.log_noisy("InvalidMessage", str(exc))
         elif isinstance(command, plivo.Checkpoint):
-            queued = session.checkpoint(self, command.name)
+            try:
+                queued = session.checkpoint(self, command.name)
+            except TooManyCheckpoints as exc:
+                self.log_noisy("CheckpointIgnored", str(exc))
+                return
             self.log_noisy("Checkpoint", "", {"Name": command.name, "Queued": "true" if queued else "false"})
             if not queued:
                 self.on_played(command.name)

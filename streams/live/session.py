@@ -34,8 +34,8 @@ from streamhub import logs
 from streams import services
 from streams.core.audio import Reframer, frame_bytes, silence, split_stereo
 from streams.core.gateway import GatewayMetadata, gateway_error
-from streams.core.playback import Pacer, PlaybackQueue, Played
-from streams.core.validation import StreamParamError, validate_stream_params
+from streams.core.playback import MAX_OUTSTANDING_CHECKPOINTS, Pacer, PlaybackQueue, Played, TooManyCheckpoints
+from streams.core.validation import EgressPolicy, StreamParamError, validate_stream_params
 from streams.live.admission import admission
 from streams.live.application import ApplicationRunner
 from streams.live.dbasync import db_async, db_persist
@@ -106,6 +106,7 @@ class CallSession:
         self.frames_in = 0
         self.playback_paused = False
         self._marks: dict[str, tuple[str, str]] = {}  # correlation id -> (stream id, checkpoint name)
+        self._marks_of: dict[str, int] = {}  # stream id -> marks the gateway has not confirmed yet
         self._mark_seq = 0
         self.audio_since = time.time()  # when the call's audio began (an application's first streams get it all)
         self.application: ApplicationRunner | None = None
@@ -140,9 +141,7 @@ class CallSession:
             self._run_application(meta.app_id)
         for index, entry in enumerate(meta.streams):
             try:
-                params = validate_stream_params(
-                    entry, forbid_private_callbacks=settings.STREAMHUB_FORBID_PRIVATE_CALLBACKS
-                )
+                params = validate_stream_params(entry, policy=EgressPolicy.from_settings(settings))
             except StreamParamError as exc:
                 log.warning("call %s: stream %d refused: %s", self.call.call_uuid, index, exc)
                 await self.link.send_text(gateway_error(f"streams[{index}] refused: {exc}"))
@@ -155,6 +154,10 @@ class CallSession:
                 continue
             except services.CallNotLive:
                 return self.call
+            except services.TooManyStreams as exc:
+                refused = f"streams[{index}]" if index == len(meta.streams) - 1 else f"streams[{index}..]"
+                await self.link.send_text(gateway_error(f"{refused} refused: {exc}"))
+                break
             except Exception:
                 log.exception("call %s: stream %d could not be created", self.call.call_uuid, index)
                 await self.link.send_text(gateway_error(f"streams[{index}] refused: internal error"))
@@ -244,6 +247,10 @@ class CallSession:
     def relay_finished(self, relay: StreamRelay) -> None:
         self.finished.add(relay.stream_id)  # its end may still be on its way to the database
         self.playback.clear(relay.stream_id)
+        if self._marks_of.pop(relay.stream_id, 0):
+            for correlation_id, (owner, _) in list(self._marks.items()):
+                if owner == relay.stream_id:
+                    del self._marks[correlation_id]
         self.relays.pop(relay.stream_id, None)
         self._relay_list = tuple(self.relays.values())
 
@@ -298,10 +305,21 @@ class CallSession:
         self._play_wake.set()
 
     def checkpoint(self, relay: StreamRelay, name: str) -> bool:
-        """False when it is due at once; True when it waits behind this stream's audio or marks."""
-        if self.playback.append_checkpoint(relay.stream_id, name):
+        """False when it is due at once; True when it waits behind this stream's audio or marks.
+
+        Raises TooManyCheckpoints when the stream already has MAX_OUTSTANDING_CHECKPOINTS
+        waiting (queued behind audio or sent to the gateway as marks not yet confirmed).
+        """
+        key = relay.stream_id
+        marks = self._marks_of.get(key, 0)
+        if self.playback.checkpoints_of(key) + marks >= MAX_OUTSTANDING_CHECKPOINTS:
+            raise TooManyCheckpoints(
+                f"checkpoint {name!r} ignored: {MAX_OUTSTANDING_CHECKPOINTS} checkpoints of this stream "
+                "are still waiting for their audio to play"
+            )
+        if self.playback.append_checkpoint(key, name):
             return True
-        if any(owner == relay.stream_id for owner, _ in self._marks.values()):
+        if marks:
             # the gateway still has to confirm an earlier checkpoint: acks stay in order
             self._checkpoint_reached(relay, name)
             return True
@@ -309,10 +327,11 @@ class CallSession:
 
     def clear(self, relay: StreamRelay) -> tuple[int, list[str]]:
         frames, names = self.playback.clear(relay.stream_id)
-        for correlation_id, (owner, name) in list(self._marks.items()):
-            if owner == relay.stream_id:  # the gateway flushes these marks too: never acknowledged (D12)
-                del self._marks[correlation_id]
-                names.append(name)
+        if self._marks_of.pop(relay.stream_id, 0):
+            for correlation_id, (owner, name) in list(self._marks.items()):
+                if owner == relay.stream_id:  # the gateway flushes these marks too: never acknowledged (D12)
+                    del self._marks[correlation_id]
+                    names.append(name)
         dropped = frames, names
         command = self.link.clear_command()
         if command is not None:
@@ -395,6 +414,7 @@ class CallSession:
             relay.on_played(name)
             return
         self._marks[correlation_id] = (relay.stream_id, name)
+        self._marks_of[relay.stream_id] = self._marks_of.get(relay.stream_id, 0) + 1
         self._spawn(self.link.send_text(command))
 
     def gateway_mark_processed(self, correlation_id: str) -> None:
@@ -402,6 +422,11 @@ class CallSession:
         owner_name = self._marks.pop(correlation_id, None)
         if owner_name is None:
             return
+        left = self._marks_of.get(owner_name[0], 0) - 1
+        if left > 0:
+            self._marks_of[owner_name[0]] = left
+        else:
+            self._marks_of.pop(owner_name[0], None)
         relay = self.relays.get(owner_name[0])
         if relay is not None:
             relay.on_played(owner_name[1])

@@ -121,6 +121,15 @@ def test_a_second_active_stream_to_the_same_url_is_a_400(api: APIClient, account
     assert other.status_code == 201
 
 
+def test_a_sixth_active_stream_on_a_call_is_a_400_that_says_why(api: APIClient, account: Account, call: Call) -> None:
+    for n in range(5):
+        body = {"service_url": f"{SERVICE_URL}?n={n}"}
+        assert api.post(streams_path(account, call), body, format="json").status_code == 201
+    response = api.post(streams_path(account, call), {"service_url": f"{SERVICE_URL}?n=5"}, format="json")
+    assert_error(response, 400, "this call already has 5 active streams, the most one call may have")
+    assert Stream.objects.filter(call=call).count() == 5
+
+
 def test_starting_on_an_unknown_or_ended_call_is_a_404(api: APIClient, account: Account, call: Call) -> None:
     unknown = api.post(api_path(account, "Call", uuid.uuid4(), "Stream"), {"service_url": SERVICE_URL}, format="json")
     assert_error(unknown, 404, "Call not found")

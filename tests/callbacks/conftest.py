@@ -16,8 +16,8 @@ from tests.callbacks.receiver import Receiver, running_receiver
 FAST = {
     "STREAMHUB_CALLBACK_BACKOFF_SECONDS": "0.2",
     "STREAMHUB_CALLBACK_BACKOFF_MAX_SECONDS": "5",
-    "STREAMHUB_CALLBACK_TIMEOUT_SECONDS": "5",
-    "STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS": "1",
+    "STREAMHUB_CALLBACK_TIMEOUT_SECONDS": "2",
+    "STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS": "4",  # at least twice a try's deadline (settings check)
     "STREAMHUB_ORPHAN_AFTER_SECONDS": "3600",
 }
 

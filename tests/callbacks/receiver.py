@@ -41,7 +41,15 @@ class Reply:
     body: bytes = b"ok"
 
 
-Behaviour = int | Reply | Hang | Slow
+@dataclass(frozen=True)
+class Drip:
+    """Answer `status`, one byte every `interval` seconds (each read of the sender gets a byte in time)."""
+
+    interval: float
+    status: int = 200
+
+
+Behaviour = int | Reply | Hang | Slow | Drip
 
 
 @dataclass
@@ -54,6 +62,7 @@ class Hit:
     webhook_id: str
     signature_ok: bool
     status: int
+    done: float = 0.0  # when a Drip answer ended (finished, or the sender went away)
 
 
 class Receiver:
@@ -162,6 +171,14 @@ class Receiver:
                     status = behaviour.status
                     self._answer(status, {}, b"late")
                     return
+                if isinstance(behaviour, Drip):
+                    hit.status = behaviour.status
+                    receiver._record(hit)
+                    self._drip(behaviour)
+                    with receiver.changed:
+                        hit.done = time.monotonic()
+                        receiver.changed.notify_all()
+                    return
                 if isinstance(behaviour, Slow):
                     hit.status = status = behaviour.status
                     receiver._record(hit)  # on arrival: the test looks at who got through when
@@ -169,6 +186,18 @@ class Receiver:
                 else:
                     receiver._record(hit)
                 self._answer(status, extra, payload)
+
+            def _drip(self, drip: Drip) -> None:
+                answer = f"HTTP/1.1 {drip.status} OK\r\nContent-Length: 2\r\n\r\nok".encode()
+                try:
+                    for byte in answer:
+                        if receiver.closing.wait(drip.interval):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the sender gave up
+                self.close_connection = True
 
             def _answer(self, status: int, headers: dict[str, str], payload: bytes) -> None:
                 try:

@@ -7,6 +7,7 @@ published, so each test sees exactly what would have been queued.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -441,3 +442,120 @@ def test_two_sweepers_at_once_end_each_orphan_exactly_once(
     for stream in orphaned:
         assert [d.event for d in deliveries(stream)] == ["StartStream", "DroppedStream"]
         assert stream.events.filter(event="DroppedStream").count() == 1
+
+
+# --- redelivery (issue 15 §4) ----------------------------------------------------------------
+
+
+def fail_all(stream: Stream, *, attempts: int = 2) -> None:
+    """As if every delivery of the stream had used its tries long ago."""
+    long_ago = timezone.now() - timedelta(hours=5)
+    CallbackDelivery.objects.filter(stream=stream).update(
+        state=State.FAILED, attempt_count=attempts, created_at=long_ago, last_error="HTTP 500; gave up"
+    )
+
+
+def test_a_redelivered_callback_gets_a_fresh_retry_budget(
+    account: Account, receiver: Receiver, published: Published, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Before: it kept attempt_count and created_at, so one more 500 failed it for good (tries and age used up)."""
+    settings.STREAMHUB_CALLBACK_MAX_ATTEMPTS = 2
+    stream = started_stream(account, receiver.url("/flaky", account.auth_token, 500, 500, 500, default=200))
+    [delivery] = deliveries(stream)
+    fail_all(stream)
+    with django_capture_on_commit_callbacks(execute=True):
+        result = services.callback_redeliver(delivery_ids=[delivery.pk])
+    assert result.queued == [delivery.pk] and published.ids() == [delivery.pk]
+
+    assert attempt(delivery) == "sent"  # a 500: retried, not failed
+    delivery.refresh_from_db()
+    assert delivery.state == State.PENDING and delivery.attempt_count == 3
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    assert attempt(delivery) == "sent"  # the second 500 of this budget: it gives up again
+    delivery.refresh_from_db()
+    assert delivery.state == State.FAILED and delivery.last_error == "HTTP 500; gave up after 2 attempts"
+    assert [a.number for a in delivery.attempts.all()] == [3, 4]  # numbering goes on
+
+    services.callback_redeliver(delivery_ids=[delivery.pk])
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    assert attempt(delivery) == "sent"  # the third 500
+    assert attempt_after_due(delivery) == "sent"  # then 200
+    delivery.refresh_from_db()
+    assert delivery.state == State.DELIVERED
+
+
+def attempt_after_due(delivery: CallbackDelivery) -> str:
+    CallbackDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    return attempt(delivery)
+
+
+def test_a_start_is_not_redelivered_after_its_stop_was_delivered(
+    account: Account, receiver: Receiver, published: Published
+) -> None:
+    """Before: the StartStream went out after the StopStream the receiver already had."""
+    stream = started_stream(account, receiver.url("/cb", account.auth_token))
+    stream_services.stream_end(stream=stream, reason=Stream.Reason.API_REQUEST, notify_session=False)
+    start, stop = deliveries(stream)
+    fail_all(stream)
+    CallbackDelivery.objects.filter(pk=stop.pk).update(state=State.DELIVERED)
+    result = services.callback_redeliver(delivery_ids=[start.pk])
+    assert result.queued == [] and list(result.refused) == [start.pk]
+    assert result.refused[start.pk] == (
+        f"#{stop.pk} StopStream of the same stream was already delivered; sent now, #{start.pk} StartStream "
+        "would reach the receiver after it"
+    )
+    start.refresh_from_db()
+    assert start.state == State.FAILED
+
+    CallbackDelivery.objects.filter(pk=stop.pk).update(state=State.DELIVERING)
+    assert "is being delivered" in services.callback_redeliver(delivery_ids=[start.pk]).refused[start.pk]
+
+
+def test_a_redelivered_callback_takes_the_failed_ones_after_it_along_in_order(
+    account: Account, receiver: Receiver, published: Published, django_capture_on_commit_callbacks: Any
+) -> None:
+    stream = started_stream(account, receiver.url("/cb", account.auth_token))
+    stream_services.stream_degraded(stream=stream, usage=30)
+    stream_services.stream_end(stream=stream, reason=Stream.Reason.API_REQUEST, notify_session=False)
+    start, degraded, stop = deliveries(stream)
+    fail_all(stream)
+    with django_capture_on_commit_callbacks(execute=True):
+        result = services.callback_redeliver(delivery_ids=[stop.pk, start.pk])
+    assert result.queued == [start.pk, degraded.pk, stop.pk] and result.refused == {} and result.skipped == []
+    assert published.ids() == [start.pk]  # the others wait behind it: the task goes on with them
+    assert attempt(stop) == "waiting"
+    outcomes = services.callback_run(delivery_id=start.pk)
+    assert [o.action for o in outcomes] == ["sent", "sent", "sent"]
+    assert [h.params["Event"] for h in receiver.hits_for("/cb")] == ["StartStream", "DegradedStream", "StopStream"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_racing_a_redelivery_cannot_overtake_the_reopened_callback(
+    account: Account, receiver: Receiver, published: Published
+) -> None:
+    """The redelivery reopens an earlier callback inside its transaction; a worker claiming a later one
+    of the same stream at that moment waits for the stream's row lock, then sees it open."""
+    stream = started_stream(account, receiver.url("/cb", account.auth_token))
+    stream_services.stream_end(stream=stream, reason=Stream.Reason.API_REQUEST, notify_session=False)
+    start, stop = deliveries(stream)
+    CallbackDelivery.objects.filter(pk=start.pk).update(state=State.FAILED, attempt_count=8)
+    claims: list[object] = []
+    inside = threading.Event()
+
+    def worker() -> None:
+        inside.wait(10)
+        try:
+            claims.append(services._claim(stop, timezone.now()))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    with transaction.atomic():
+        services.callback_redeliver(delivery_ids=[start.pk])
+        inside.set()
+        time.sleep(0.5)  # the worker's claim runs now, against the uncommitted redelivery
+    thread.join(10)
+    assert claims == [None]  # it waited, then found the StartStream open before it
+    assert attempt(start) == "sent" and attempt(stop) == "sent"
+    assert [h.params["Event"] for h in receiver.hits_for("/cb")] == ["StartStream", "StopStream"]

@@ -29,7 +29,7 @@ from streamhub.celery import app as celery_app
 from streams import services as stream_services
 from streams.models import Account, Stream
 from tests.callbacks.conftest import FAST, deliveries, started_stream
-from tests.callbacks.receiver import Hang, Receiver, Slow
+from tests.callbacks.receiver import Drip, Hang, Receiver, Slow
 from tests.conftest import Proc, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -104,7 +104,10 @@ def test_a_worker_killed_mid_delivery_loses_nothing_and_sends_nothing_twice(
     stream_services.stream_end(stream=stream, reason=Stream.Reason.API_REQUEST, notify_session=False)
     start, stop = deliveries(stream)
 
-    doomed = worker_factory("doomed", **{**FAST, "STREAMHUB_CALLBACK_TIMEOUT_SECONDS": "60"})
+    doomed = worker_factory(
+        "doomed",
+        **{**FAST, "STREAMHUB_CALLBACK_TIMEOUT_SECONDS": "30", "STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS": "60"},
+    )
     receiver.wait(lambda: len(receiver.hits_for("/idem")) == 1, 20, "the first try to arrive")
     doomed.stop(signal.SIGKILL)
     release.set()
@@ -289,7 +292,9 @@ def test_a_slow_endpoint_does_not_hold_back_another_accounts_callbacks(
     slow = 4.0
     slow_url = receiver.url("/slow", account.auth_token, default=Slow(slow))
     fast_url = receiver.url("/fast", other_account.auth_token)
-    worker_factory(**{**FAST, "STREAMHUB_CALLBACK_TIMEOUT_SECONDS": "10"})
+    worker_factory(
+        **{**FAST, "STREAMHUB_CALLBACK_TIMEOUT_SECONDS": "10", "STREAMHUB_CALLBACK_PENDING_DEADLINE_SECONDS": "20"}
+    )
     try:
         for _ in range(10):
             started_stream(account, slow_url)  # more than the worker has threads
@@ -306,3 +311,27 @@ def test_a_slow_endpoint_does_not_hold_back_another_accounts_callbacks(
         )
     finally:
         receiver.closing.set()  # let the worker's threads go at teardown
+
+
+def test_a_dripping_endpoint_never_has_two_tries_of_one_callback_at_once(
+    account: Account, receiver: Receiver, worker_factory: Callable[..., Proc]
+) -> None:
+    """Issue 15 §4: requests' timeouts are per read, so a server dripping a byte every 0.5 s held a
+    try far past the pending deadline; the sweep then re-queued the delivery and it went out twice."""
+    url = receiver.url("/drip", account.auth_token, Drip(0.5), default=200)
+    stream = started_stream(account, url)
+    [start] = deliveries(stream)
+    worker_factory(beat=True, **{**FAST, "STREAMHUB_SWEEP_SECONDS": "0.5"})  # try deadline 2 s, sweep after 4 s
+    receiver.wait(lambda: len(receiver.acknowledged) == 1, 40, "the callback acknowledged")
+    wait_until(all_settled, 10, "rows settled")
+
+    first, *later = receiver.hits_for("/drip")
+    receiver.wait(lambda: first.done > 0, 10, "the drip to notice the sender left")
+    assert first.done - first.at < 4.0  # the try gave up at its 2 s deadline (the drip alone lasts ~20 s)
+    assert later and all(hit.at >= first.done - 0.5 for hit in later)  # no second try while the first ran
+    start.refresh_from_db()
+    assert start.state == State.DELIVERED
+    assert [(a.number, a.status_code, a.error) for a in start.attempts.all()][:2] == [
+        (1, None, "timeout after 2 s"),
+        (2, 200, ""),
+    ]

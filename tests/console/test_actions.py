@@ -192,6 +192,18 @@ def test_the_start_form_refuses_a_second_active_stream_to_the_same_url(operator_
 
 
 @pytest.mark.django_db
+def test_the_start_form_refuses_a_stream_beyond_the_per_call_limit(operator_client: Client, call: Call) -> None:
+    for n in range(5):
+        start_stream(call, service_url=f"wss://new.example.com/ws?n={n}")
+    response = operator_client.post(reverse("admin:streams_call_start_stream", args=[call.pk]), form_data())
+    assert (
+        "No stream was started: this call already has 5 active streams, the most one call may have; "
+        "stop one before starting another." in response.content.decode()
+    )
+    assert Stream.objects.filter(call=call).count() == 5
+
+
+@pytest.mark.django_db
 def test_no_stream_starts_on_an_ended_call(operator_client: Client, call: Call) -> None:
     Call.objects.filter(pk=call.pk).update(status="ended", ended_at=call.started_at)
     response = operator_client.post(
@@ -226,12 +238,28 @@ def test_redelivering_resets_failed_deliveries_and_queues_them_after_commit(
         done = act(operator_client, DELIVERIES, "redeliver_selected", [failed.pk, delivered.pk], confirm=True)
     failed.refresh_from_db()
     assert failed.state == "pending" and failed.attempt_count == 2 and failed.claimed_at is None
+    assert failed.budget_offset == 2 and failed.budget_attempts == 0  # a fresh retry budget
     assert failed.attempts.count() == 2  # the history stays
     assert CallbackDelivery.objects.get(pk=delivered.pk).state == "delivered"
     assert len(queued) == 1
     messages = texts(done)
     assert f"Queued 1 callback for redelivery: #{failed.pk}." in messages
     assert f"1 callback had not failed and was left alone: #{delivered.pk}." in messages
+
+
+@pytest.mark.django_db
+def test_redelivering_a_start_after_its_delivered_stop_is_refused_with_the_reason(
+    operator_client: Client, ended_stream: Stream
+) -> None:
+    start, _degraded, stop = CallbackDelivery.objects.filter(stream=ended_stream).order_by("pk")
+    CallbackDelivery.objects.filter(pk=start.pk).update(state="failed")
+    CallbackDelivery.objects.filter(pk=stop.pk).update(state="delivered")
+    done = act(operator_client, DELIVERIES, "redeliver_selected", [start.pk], confirm=True)
+    assert texts(done) == [
+        f"#{start.pk} was not redelivered: #{stop.pk} StopStream of the same stream was already delivered; "
+        f"sent now, #{start.pk} StartStream would reach the receiver after it."
+    ]
+    assert CallbackDelivery.objects.get(pk=start.pk).state == "failed"
 
 
 @pytest.mark.django_db

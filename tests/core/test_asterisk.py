@@ -196,3 +196,14 @@ def test_the_codec_sets_the_session_rate() -> None:
 
 
 # --- the fake Asterisk's queue is the spec's queue --------------------------------------
+
+
+@pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e400", "1" + "0" * 5000])
+def test_non_finite_numbers_in_a_json_media_start_fall_back_to_defaults(literal: str) -> None:
+    """Issue 15 §8: int(Infinity) raised OverflowError, which nothing caught."""
+    text = json.dumps(JSON_START).replace('"optimal_frame_size": 640', f'"optimal_frame_size": {literal}')
+    text = text.replace('"ptime": 20', f'"ptime": {literal}')
+    start = ast.media_start(ast.parse_event(text))
+    assert (start.optimal_frame_size, start.ptime) == (640, 20)
+    meta = ast.call_metadata({}, start)
+    json.dumps(meta.raw, allow_nan=False)

@@ -116,3 +116,54 @@ def test_only_bidirectional_requests_on_a_one_way_connection_get_a_notice() -> N
     two_way = parse_gateway_metadata(json.dumps({"playback": True, "streams": meta.streams}))
     audiofork.resolve_playback(two_way, "audio.drachtio.org")
     assert audiofork.one_way_notices(two_way) == []
+
+
+# Numbers at and beyond the edges, spelled as a gateway may send them (Python's json module
+# accepts the non-standard NaN/Infinity literals; 1e400 overflows a float to infinity).
+EDGE_NUMBERS = st.one_of(
+    st.sampled_from(
+        ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e-400", "8000.0", "8000.5", "16000", "-8000", "0", "-0.0"]
+    ),
+    st.sampled_from(["1" + "0" * 5000, "8" + "0" * 101]),  # past Python's int digit limit; past ours
+    st.floats(allow_nan=True, allow_infinity=True)
+    .map(repr)
+    .map(lambda r: {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.get(r, r)),
+    st.integers().map(str),
+    st.sampled_from(['"NaN"', '"Infinity"', '"8k"', '"16000"', '"²"', "true", "null", "[8000]", '{"a":1}']),
+)
+
+
+VALID_RATES = {"8000": 8000, "16000": 16000, "8000.0": 8000, "16000.0": 16000, '"8k"': 8000, '"16000"': 16000}
+
+
+@given(rate=EDGE_NUMBERS, other=EDGE_NUMBERS)
+def test_numeric_edge_values_are_refused_with_an_error_and_nothing_non_finite_is_kept(rate: str, other: str) -> None:
+    """Issue 15 §8: `sampleRate: Infinity` raised OverflowError; NaN reached the database, which refused it."""
+    text = f'{{"sampleRate":{rate},"extra":{other},"streams":[{{"serviceUrl":"ws://x/y","streamTimeout":{other}}}]}}'
+    meta = parse_gateway_metadata(text)
+    assert meta.sample_rate in (8000, 16000)
+    if rate in VALID_RATES:
+        assert meta.errors == [] and meta.sample_rate == VALID_RATES[rate]
+    else:
+        assert len(meta.errors) == 1 and meta.sample_rate == 8000
+        assert meta.errors[0].startswith("sampleRate ") and meta.errors[0].endswith(" is not 8000 or 16000; using 8000")
+        assert len(meta.errors[0]) < 120
+    json.dumps(meta.raw, allow_nan=False)  # storable as strict JSON (PostgreSQL jsonb, SQLite's JSON check)
+    assert meta.streams and meta.streams[0]["serviceUrl"] == "ws://x/y"  # the rest of the metadata is kept
+
+
+@pytest.mark.parametrize(
+    ("literal", "error"),
+    [
+        ("NaN", "sampleRate 'NaN' is not 8000 or 16000; using 8000"),
+        ("Infinity", "sampleRate 'Infinity' is not 8000 or 16000; using 8000"),
+        ("-Infinity", "sampleRate '-Infinity' is not 8000 or 16000; using 8000"),
+        ("1e400", "sampleRate '1e400' is not 8000 or 16000; using 8000"),
+        ("8000.5", "sampleRate 8000.5 is not 8000 or 16000; using 8000"),
+    ],
+)
+def test_non_finite_and_fractional_sample_rates_get_a_clear_error(literal: str, error: str) -> None:
+    meta = parse_gateway_metadata(f'{{"sampleRate":{literal},"streams":[{{"serviceUrl":"ws://x/y"}}]}}')
+    assert meta.errors == [error] and meta.sample_rate == 8000
+    assert meta.streams == [{"serviceUrl": "ws://x/y"}]
+    assert parse_gateway_metadata('{"sampleRate":16000.0}').sample_rate == 16000

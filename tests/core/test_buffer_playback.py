@@ -8,10 +8,10 @@ from streams.core.buffer import Degraded, Overflow, SendBuffer
 from streams.core.playback import Pacer, PlaybackQueue, QueueFull
 
 
-def fill(buf: SendBuffer, frames: int, seconds: float = 0.02) -> list[object]:
+def fill(buf: SendBuffer, frames: int, seconds: float = 0.02, now: float = 0.0) -> list[object]:
     events: list[object] = []
     for i in range(frames):
-        events += buf.push(f"m{i}", seconds)
+        events += buf.push(f"m{i}", seconds, now)
     return events
 
 
@@ -22,23 +22,23 @@ def test_degraded_once_per_upward_crossing_then_overflow() -> None:
     assert fill(buf, 15) == [Degraded(60)]
     assert fill(buf, 15) == [Degraded(90)]
     assert fill(buf, 5) == []
-    assert fill(buf, 1) == [Overflow(pytest.approx(1.02))]
+    assert fill(buf, 1) == [Overflow(pytest.approx(1.02), 51)]
 
 
 def test_thresholds_rearm_after_draining() -> None:
-    buf = SendBuffer(1.0)
-    fill(buf, 16)
+    buf = SendBuffer(1.0, min_interval=30)
+    fill(buf, 16, now=0.0)
     for _ in range(16):
         buf.popleft()
     assert buf.queued == pytest.approx(0)
-    assert fill(buf, 16) == [Degraded(30)]
+    assert fill(buf, 16, now=31.0) == [Degraded(30)]
 
 
 def test_both_tracks_count_call_time_once() -> None:
     buf = SendBuffer(1.0)
     for _ in range(20):
-        buf.push("in", 0.02)
-        buf.push("out", 0.0)
+        buf.push("in", 0.02, 0.0)
+        buf.push("out", 0.0, 0.0)
     assert buf.queued == pytest.approx(0.4) and len(buf) == 40
 
 
@@ -47,12 +47,85 @@ def test_buffer_is_fifo_and_accounting_never_goes_negative(ops: list[bool]) -> N
     buf, pushed, popped = SendBuffer(100.0), 0, []
     for push in ops:
         if push or not len(buf):
-            buf.push(str(pushed), 0.02)
+            buf.push(str(pushed), 0.02, 0.0)
             pushed += 1
         else:
             popped.append(buf.popleft())
     assert popped == [str(i) for i in range(len(popped))]
     assert buf.queued == pytest.approx(0.02 * len(buf))
+
+
+class Clock:
+    """A fake monotonic clock advanced by 20 ms per frame."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def tick(self) -> float:
+        self.now += 0.020
+        return self.now
+
+
+def hold_at(buf: SendBuffer, clock: Clock, target_pct: float, seconds: float) -> list[object]:
+    """A customer that reads at exactly real time with a backlog of `target_pct` % (one pop per push,
+    one push per 20 ms frame once the backlog is there): usage wobbles one frame around the target."""
+    events: list[object] = []
+    while buf.usage_pct < target_pct:
+        events += buf.push("m", 0.02, clock.tick())
+    for _ in range(round(seconds / 0.02)):
+        buf.popleft()
+        events += buf.push("m", 0.02, clock.tick())
+    return events
+
+
+def test_a_backlog_held_at_a_threshold_is_one_notice_not_one_per_frame() -> None:
+    """The review's measurement: 500 Degraded(30) in 500 frames before hysteresis; the real 40 s / 30 s numbers."""
+    buf, clock = SendBuffer(40.0, min_interval=30.0), Clock()
+    assert hold_at(buf, clock, 30, 60) == [Degraded(30)]
+    assert hold_at(buf, clock, 60, 60) == [Degraded(60)]
+
+
+def test_a_threshold_rearms_only_ten_points_below_it() -> None:
+    buf, clock = SendBuffer(40.0, min_interval=30.0), Clock()
+    assert hold_at(buf, clock, 30, 1) == [Degraded(30)]
+    while buf.usage_pct >= 21:  # recovered to 21 %: not re-armed
+        buf.popleft()
+    clock.now += 60
+    assert hold_at(buf, clock, 30, 1) == []
+    while buf.usage_pct >= 19.9:  # below 20 %: re-armed
+        buf.popleft()
+    clock.now += 60
+    assert hold_at(buf, clock, 30, 1) == [Degraded(30)]
+
+
+def test_a_rearmed_threshold_waits_out_the_minimum_interval() -> None:
+    buf, clock = SendBuffer(40.0, min_interval=30.0), Clock()
+    assert hold_at(buf, clock, 30, 0) == [Degraded(30)]
+    fired = clock.now
+    while buf:  # recovers completely, at once
+        buf.popleft()
+    events = hold_at(buf, clock, 30, 40)  # and slows again straight away
+    assert events == [Degraded(30)]
+    # the second notice came when the interval had passed, not at the crossing (12 s after the first)
+    assert buf._fired_at[30] - fired == pytest.approx(30.0, abs=0.03)
+
+
+def test_the_item_bound_overflows_on_messages_that_weigh_no_audio() -> None:
+    buf = SendBuffer(1.0, max_items=10)
+    events = [buf.push(f"played{i}", 0.0, 0.0) for i in range(11)]
+    assert events[:10] == [[]] * 10
+    assert events[10] == [Overflow(0.0, 11)]
+
+
+def test_the_default_item_bound_holds_a_full_both_track_buffer_and_a_thousand_others() -> None:
+    buf = SendBuffer(1.0)
+    assert buf.max_items == 2 * 50 + 1000
+    events: list[object] = []
+    for _ in range(50):
+        events += buf.push("in", 0.02, 0.0) + buf.push("out", 0.0, 0.0)
+    events += fill(buf, 1000, seconds=0.0)
+    assert not any(isinstance(e, Overflow) for e in events)
+    assert isinstance(buf.push("one more", 0.0, 0.0)[0], Overflow)
 
 
 def test_clips_are_framed_and_padded_and_checkpoints_ride_behind_them() -> None:

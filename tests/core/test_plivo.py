@@ -156,5 +156,9 @@ def test_numbers_beyond_pythons_digit_limit_are_protocol_errors() -> None:
         parse_customer_message('{"event":"checkpoint","name":' + huge + "}")
     with pytest.raises(ProtocolError, match="invalid JSON"):
         parse_gateway_event('{"event":"dtmf","duration":' + huge + "}")
-    meta = parse_gateway_metadata('{"callId":' + huge + "}")
-    assert meta.call_id == "" and isinstance(meta.raw, str)
+    for constant in ("NaN", "Infinity", "-Infinity", "1e400"):
+        with pytest.raises(ProtocolError, match="invalid JSON"):
+            parse_customer_message('{"event":"checkpoint","name":' + constant + "}")
+    # gateway metadata keeps the rest of the frame: the number stays as its text (issue 15 §8)
+    meta = parse_gateway_metadata('{"callId":' + huge + ',"streams":[{"serviceUrl":"ws://x/y"}]}')
+    assert meta.call_id == huge[:200] and meta.streams == [{"serviceUrl": "ws://x/y"}]

@@ -7,19 +7,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.core.validation import (
+    EgressPolicy,
     StreamParamError,
     check_callback_url,
     check_extra_headers,
     check_ws_url,
+    parse_networks,
     validate_stream_params,
 )
 
 URL = "wss://bot.example.com/ws"
 
 
-def errors_of(data: dict[str, object]) -> dict[str, str]:
+def errors_of(data: dict[str, object], policy: EgressPolicy | None = None) -> dict[str, str]:
     with pytest.raises(StreamParamError) as info:
-        validate_stream_params(data)
+        validate_stream_params(data, policy=policy)
     return info.value.errors
 
 
@@ -106,6 +108,24 @@ def test_private_callback_hosts_can_be_forbidden() -> None:
         with pytest.raises(ValueError, match="private"):
             check_callback_url(url, forbid_private=True)
     assert check_callback_url("https://hooks.example.com/cb", forbid_private=True)
+
+
+def test_the_egress_policy_covers_service_urls_and_opens_allowed_networks() -> None:
+    forbid = EgressPolicy(forbid_private_callbacks=True, forbid_private_services=True)
+    for url in ("ws://10.0.0.5/ws", "wss://localhost/ws", "ws://[fd00::1]:8080/ws", "ws://100.64.1.1/ws"):
+        errors = errors_of({"service_url": url}, policy=forbid)
+        assert errors == {"service_url": "points to a private or loopback address, which this hub forbids"}
+    assert validate_stream_params({"service_url": "wss://bot.example.com/ws"}, policy=forbid)
+    # names are checked when connecting (they may resolve anywhere); literals and local names here
+    assert validate_stream_params({"service_url": "ws://bot.internal/ws"}, policy=forbid)
+    allowed = EgressPolicy(True, True, tuple(parse_networks(["10.0.0.0/8", "127.0.0.1"])))
+    params = validate_stream_params(
+        {"service_url": "ws://10.0.0.5/ws", "status_callback_url": "http://localhost:9/cb"}, policy=allowed
+    )
+    assert params.service_url == "ws://10.0.0.5/ws" and params.status_callback_url == "http://localhost:9/cb"
+    assert errors_of({"service_url": "ws://192.168.1.1/ws"}, policy=allowed)
+    with pytest.raises(ValueError, match="'intranet' is not an IP network"):
+        parse_networks(["intranet"])
 
 
 ALNUM = st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=20)

@@ -99,3 +99,21 @@ async def test_a_configured_ca_bundle_is_trusted(
         await gw.send(ramp(160))
         await eventually(lambda: customer.events("media"))
         await gw.close()
+
+
+async def test_with_the_address_policy_on_tls_still_verifies_the_name(
+    hub_factory: object, account: Account, tls_files: tuple[Path, Path, Path]
+) -> None:
+    """The hub connects to the address it checked, and TLS (SNI, certificate) uses the URL's name."""
+    ca, cert, key = tls_files
+    hub: Proc = hub_factory(  # type: ignore[operator]
+        STREAMHUB_CUSTOMER_CA_BUNDLE=str(ca),
+        STREAMHUB_FORBID_PRIVATE_SERVICE_URLS="true",
+        STREAMHUB_ALLOWED_PRIVATE_NETWORKS="127.0.0.0/8,::1",
+    )
+    async with Customer(tls=server_context(cert, key)) as customer:
+        gw = await gateway_for(hub, account).open({"streams": [{"serviceUrl": customer.url}]})
+        await eventually(lambda: customer.events("start"))
+        await gw.send(ramp(160))
+        await eventually(lambda: customer.events("media"))
+        await gw.close()

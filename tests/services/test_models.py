@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import IntegrityError, transaction
@@ -38,6 +39,19 @@ def test_a_second_active_stream_to_the_same_url_is_refused(call: Call) -> None:
     with pytest.raises(services.StreamConflict):
         make_stream(call)
     make_stream(call, service_url="wss://other.example.com/ws")
+
+
+def test_a_call_has_at_most_the_configured_number_of_active_streams(call: Call, settings: Any) -> None:
+    assert settings.STREAMHUB_MAX_STREAMS_PER_CALL == 5  # the documented default
+    streams = [make_stream(call, service_url=f"{URL}?n={n}") for n in range(5)]
+    with pytest.raises(services.TooManyStreams, match="already has 5 active streams"):
+        make_stream(call, service_url=f"{URL}?n=5")
+    assert Stream.objects.filter(call=call).count() == 5
+    services.stream_end(stream=streams[0], reason=Stream.Reason.API_REQUEST, notify_session=False)
+    make_stream(call, service_url=f"{URL}?n=5")  # an ended stream frees its place
+    settings.STREAMHUB_MAX_STREAMS_PER_CALL = 1
+    with pytest.raises(services.TooManyStreams, match="already has 1 active streams"):
+        make_stream(call, service_url=f"{URL}?n=6")
 
 
 def test_an_ended_stream_frees_its_url(call: Call) -> None:

@@ -1,0 +1,53 @@
+"""Gateway credentials on the upgrade: an unknown auth_id or ingest token costs the same work as a
+wrong one (issue 15 §6). Structural: one query and one constant-time comparison of the same lengths."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from typing import Any
+
+import pytest
+
+from streams.live import gateway_auth
+from streams.models import Account
+
+pytestmark = pytest.mark.django_db
+
+
+def scope(*, auth_id: str | None = None, token: str | None = None, query: str = "") -> dict[str, Any]:
+    headers = []
+    if auth_id is not None and token is not None:
+        headers.append((b"authorization", b"Basic " + base64.b64encode(f"{auth_id}:{token}".encode())))
+    return {"headers": headers, "query_string": query.encode(), "client": ("192.0.2.1", 5000)}
+
+
+def test_unknown_and_wrong_credentials_do_the_same_work(
+    account: Account, monkeypatch: pytest.MonkeyPatch, django_assert_num_queries: Any
+) -> None:
+    calls: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr("streams.live.gateway_auth.hmac.compare_digest", spy)
+    guess = "y" * len(account.auth_token)
+    for auth_id in ("MA" + "7" * 18, account.auth_id):
+        with django_assert_num_queries(1):
+            assert gateway_auth.authenticate(scope(auth_id=auth_id, token=guess)) is None
+    assert calls == [(40, 40), (40, 40)]
+
+    calls.clear()
+    wrong = "gw_" + "z" * (len(account.ingest_token) - 3)
+    with django_assert_num_queries(1):
+        assert gateway_auth.authenticate(scope(query=f"token={wrong}")) is None
+    assert calls == [(len(account.ingest_token), len(wrong))]
+    assert gateway_auth.authenticate(scope(auth_id=account.auth_id, token=account.auth_token)) == account
+    assert gateway_auth.authenticate(scope(query=f"token={account.ingest_token}")) == account
+
+
+def test_a_nul_byte_in_credentials_matches_nothing_instead_of_failing_the_query(account: Account) -> None:
+    assert gateway_auth.authenticate(scope(auth_id="MA\x00", token=account.auth_token)) is None
+    assert gateway_auth.authenticate(scope(query="token=gw_%00x")) is None
