@@ -27,6 +27,7 @@ and `steady-end` when it begins and ends, so bench/run.py can read the server's 
 latencies and `steady_frames` count the media messages sent in it. With --bidi --drift every
 customer plays one clip as long as the call and `play_lost` counts the frames of it that
 never reached the gateway.
+--customer-tls CERT,KEY makes the customers serve wss://localhost (TLS customers).
 Usage: python bench/loadgen.py --url ws://…[,ws://…] --calls N --seconds S
 """
 
@@ -722,6 +723,7 @@ async def main() -> None:
     parser.add_argument("--bidi", action="store_true")
     parser.add_argument("--drift", action="store_true", help="with --bidi: one clip as long as the call")
     parser.add_argument("--ramp-seconds", type=float, default=2.0)
+    parser.add_argument("--customer-tls", default="", help="CERT,KEY: the customers serve wss://localhost")
     args = parser.parse_args()
     cpu0, wall0 = time.process_time(), time.monotonic()
     targets = [Target(u.strip()) for u in args.url.split(",") if u.strip()]
@@ -730,8 +732,16 @@ async def main() -> None:
         # one clip of up to 60 s (the hub's default playback queue bound): drift over all of it
         stats.drift_seconds = max(2.0, min(60.0, args.seconds - 2))
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Customer(stats, args.bidi), "127.0.0.1", 0, backlog=4096)
+    customer_tls: ssl.SSLContext | None = None
+    if args.customer_tls:
+        cert, key = args.customer_tls.split(",")
+        customer_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        customer_tls.load_cert_chain(cert, key)
+    server = await loop.create_server(
+        lambda: Customer(stats, args.bidi), "127.0.0.1", 0, backlog=4096, ssl=customer_tls
+    )
     port = server.sockets[0].getsockname()[1]
+    customer_base = f"wss://localhost:{port}/c" if customer_tls else f"ws://127.0.0.1:{port}/c"
     clock = Clock(int(args.seconds * 50))
     gc.freeze()  # what exists now (modules, argparse…) is never worth scanning again
     begin = time.monotonic() + 0.5
@@ -751,7 +761,7 @@ async def main() -> None:
                 gateway(
                     targets[i % len(targets)],
                     i,
-                    f"ws://127.0.0.1:{port}/c",
+                    customer_base,
                     stats,
                     clock,
                     start + 1.0,

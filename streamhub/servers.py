@@ -15,12 +15,18 @@ APPLICATION = "streamhub.asgi:application"
 UVICORN_FLAGS = ("--loop", "uvloop", "--ws", "websockets-sansio", "--ws-max-size", "16777216", "--lifespan", "off")
 
 
-def hub_command(server: str, port: int, *, python: str = sys.executable, quiet: bool = False) -> list[str]:
-    """The command line of one hub process on 127.0.0.1:`port`; `quiet` logs warnings only."""
+def hub_command(
+    server: str, port: int, *, python: str = sys.executable, quiet: bool = False, ws: str | None = None
+) -> list[str]:
+    """The command line of one hub process on 127.0.0.1:`port`; `quiet` logs warnings only;
+    `ws` replaces uvicorn's WebSocket protocol (the bench compares them)."""
     if server == "daphne":
         return [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APPLICATION]
     if server != "uvicorn":
         raise ValueError(f"unknown server {server!r}: choose one of {', '.join(SERVERS)}")
     log = ["--log-level", "warning"] if quiet else []
     listen = ["--host", "127.0.0.1", "--port", str(port)]
-    return [python, "-m", "uvicorn", *listen, *UVICORN_FLAGS, "--no-access-log", *log, APPLICATION]
+    flags = list(UVICORN_FLAGS)
+    if ws is not None:
+        flags[flags.index("--ws") + 1] = ws
+    return [python, "-m", "uvicorn", *listen, *flags, "--no-access-log", *log, APPLICATION]
