@@ -10,9 +10,11 @@ import sys
 
 SERVERS = ("daphne", "uvicorn")
 APPLICATION = "streamhub.asgi:application"
-# uvloop and the sans-I/O websockets protocol: the measured fast path; D14's 16 MiB message limit;
+# uvloop; the hub's WebSocket protocol (uvicorn's websockets-sansio with audio frames parsed and
+# delivered without a queue per frame: streams/live/wsserver.py); D14's 16 MiB message limit;
 # no lifespan protocol (Channels' router has none)
-UVICORN_FLAGS = ("--loop", "uvloop", "--ws", "websockets-sansio", "--ws-max-size", "16777216", "--lifespan", "off")
+WS_PROTOCOL = "streams.live.wsserver:IngestWebSocketProtocol"
+UVICORN_FLAGS = ("--loop", "uvloop", "--ws", WS_PROTOCOL, "--ws-max-size", "16777216", "--lifespan", "off")
 
 
 def hub_command(

@@ -29,12 +29,26 @@ class AudioForkConsumer(IngestConsumer):
         assert self.session is not None
         try:
             await self.session.begin(meta, joined=self.joined)
+            self.take_binary_frames(self._audio)
         except Exception:
             # Without its rows or its control group the call cannot be served: say so and hang
             # up rather than swallow audio nobody relays. Teardown ends whatever was created.
             log.exception("%s ingest: call set-up failed", self.gateway)
             await self.send_text(gateway_error("call set-up failed on the hub; try again"))
             await self.close(CLOSE_SETUP_FAILED)
+
+    def _audio(self, data: bytes) -> bool:
+        """An audio frame straight from the server's read (the frame extension): no await.
+        The shutdown marker, and anything once the call has ended, takes websocket_receive."""
+        session = self.session
+        if not data or session is None or session.ended:
+            return False
+        try:
+            session.feed_audio_and_pump(data)
+        except Exception:  # rule 7: one bad frame never takes the call down
+            log.exception("%s ingest: a gateway message failed", self.gateway)
+            session.log_to_streams("GatewayInvalidMessage", "a gateway message failed (logged)")
+        return True
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         session = self.session

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -23,6 +24,7 @@ from streams.live import gateway_auth
 from streams.live.admission import admission
 from streams.live.dbasync import db_async
 from streams.live.session import CallSession
+from streams.live.wsserver import FRAMES_EXTENSION
 from streams.models import Account
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ class IngestConsumer(AsyncWebsocketConsumer):
     session: CallSession | None = None
     account: Account | None = None
     admitted = False
+    # the server's `streamhub.binary_frames` extension (streams/live/wsserver.py), when it has one
+    frames_extension: dict[str, Any] | None = None
+    _send_binary: Callable[[bytes], bool] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve the connection in a task of its own.
@@ -64,6 +69,9 @@ class IngestConsumer(AsyncWebsocketConsumer):
         """
         self.scope = scope
         self.base_send = send
+        self.frames_extension = (scope.get("extensions") or {}).get(FRAMES_EXTENSION)
+        if self.frames_extension is not None:
+            self._send_binary = self.frames_extension["send_binary"]
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         control: asyncio.Task[None] | None = None
         if self.channel_layer is not None:
@@ -151,12 +159,20 @@ class IngestConsumer(AsyncWebsocketConsumer):
         assert self.session is not None and self.session.call is not None
         await self.channel_layer.group_add(control.call_group(self.session.call.call_uuid), self.channel_name)
 
+    def take_binary_frames(self, handler: Callable[[bytes], bool] | None) -> None:
+        """Have the server call `handler` with each BINARY message, synchronously, when it can
+        (the frame extension); it returns False for a message that should come through
+        websocket_receive instead. Without the extension (daphne) every message does."""
+        if self.frames_extension is not None:
+            self.frames_extension["set_binary_handler"](handler)
+
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         await self.teardown()
         await super().websocket_disconnect(message)
 
     async def teardown(self) -> None:
         """End the session, leave the control group, free the admission slot: idempotent."""
+        self.take_binary_frames(None)
         session = self.session
         try:
             if session is not None:
@@ -189,6 +205,9 @@ class IngestConsumer(AsyncWebsocketConsumer):
     # --- GatewayLink ------------------------------------------------------------------
 
     async def send_audio(self, pcm: bytes) -> None:
+        send_binary = self._send_binary
+        if send_binary is not None and send_binary(pcm):  # written at once (the frame extension)
+            return
         await self.send(bytes_data=pcm)
 
     async def send_text(self, text: str) -> None:
