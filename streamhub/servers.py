@@ -11,10 +11,22 @@ import sys
 SERVERS = ("daphne", "uvicorn")
 APPLICATION = "streamhub.asgi:application"
 # uvloop; the hub's WebSocket protocol (uvicorn's websockets-sansio with audio frames parsed and
-# delivered without a queue per frame: streams/live/wsserver.py); D14's 16 MiB message limit;
-# no lifespan protocol (Channels' router has none)
+# delivered without a queue per frame: streams/live/wsserver.py); D14's 16 MiB message limit; no
+# permessage-deflate (PCM hardly compresses; inflating costs CPU per frame); no lifespan protocol
+# (Channels' router has none)
 WS_PROTOCOL = "streams.live.wsserver:IngestWebSocketProtocol"
-UVICORN_FLAGS = ("--loop", "uvloop", "--ws", WS_PROTOCOL, "--ws-max-size", "16777216", "--lifespan", "off")
+UVICORN_FLAGS = (
+    "--loop",
+    "uvloop",
+    "--ws",
+    WS_PROTOCOL,
+    "--ws-max-size",
+    "16777216",
+    "--ws-per-message-deflate",
+    "false",
+    "--lifespan",
+    "off",
+)
 
 
 def hub_command(

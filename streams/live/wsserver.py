@@ -7,7 +7,9 @@ server's side of each frame cheaper:
 - Data frames (TEXT, BINARY, CONTINUATION) are parsed here, a few lines of RFC 6455 with
   the unmasking in C (websockets.speedups), instead of websockets' generator parser;
   control frames (PING, PONG, CLOSE) are handed whole to the websockets protocol, which
-  answers and closes exactly as uvicorn's own class does.
+  answers and closes exactly as uvicorn's own class does. (A connection that agreed
+  permessage-deflate is parsed by websockets as in uvicorn; the hub's command turns the
+  extension off: PCM hardly compresses, and inflating it costs CPU per frame.)
 - The ASGI extension `streamhub.binary_frames` (in scope["extensions"]) lets the app take
   BINARY messages in a synchronous callback: `set_binary_handler(handler)`, where
   `handler(data) -> bool` returns False for a message it does not take (that one goes to
@@ -193,6 +195,12 @@ class IngestWebSocketProtocol(WebSocketsSansIOProtocol):
             self._parts, self._parts_text, self._parts_size = [payload], opcode == OP_TEXT, len(payload)
             return True
         return self._message(opcode == OP_TEXT, payload)
+
+    def send_receive_event_to_app(self) -> None:
+        """uvicorn's path (a connection that agreed permessage-deflate): the same delivery."""
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        self._message(self.curr_msg_data_type == "text", data)
 
     def _message(self, text: bool, data: bytes) -> bool:
         if self.close_sent:
