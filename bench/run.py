@@ -21,6 +21,10 @@ passed; the hub/reference capacity and CPU ratios are printed at the end.
 uvicorn-sansio (uvicorn's own websockets-sansio protocol, the command before the ingest
 frame extension); @DIR runs that hub from another checkout (e.g. `git archive` of an older
 commit), so a change's before/after is one paired run.
+--ab A,B: the variants (hubs, or the plain relays `reference` and `picows`) serve side by
+side, call i going to variant i % k, all on CPU 0, so each one's CPU per frame is measured
+over the same window under the same noise: the paired before/after of a change on a shared
+machine.
 --tls: the customers are wss:// (a throwaway CA made with openssl, given to the hub as
 STREAMHUB_CUSTOMER_CA_BUNDLE and to the relays the same way).
 The machine is shared: every step records the load average and the CPU used by processes
@@ -228,11 +232,15 @@ def measure(
     bidi: bool,
     drift: bool = False,
     extra: tuple[str, ...] = (),
+    groups: list[list[int]] | None = None,
 ) -> dict[str, Any]:
     """One step. The load generator announces the steady window on stderr (every call up
     and sending); the server's CPU is read at both ends of it, so the per-frame figure is
     the relay's own cost and call set-up/hang-up is reported apart, per call."""
     pids = pids_of()
+    groups = groups or [pids]
+    group_cpu0 = [cpu_seconds(g) for g in groups]
+    group_marks: dict[str, list[float]] = {}
     cpu0, wall0 = cpu_seconds(pids), time.monotonic()
     rss0 = rss_kb(pids)
     load_before = loadavg()
@@ -265,11 +273,13 @@ def measure(
     for line in proc.stderr:  # read as it comes: the marks must be taken when they are printed
         if line.startswith("steady-"):
             marks[line.strip()] = (cpu_seconds(pids), time.monotonic())
+            group_marks[line.strip()] = [cpu_seconds(g) for g in groups]
         else:
             errors.append(line)
     stdout = proc.stdout.read()
     proc.wait(timeout=(seconds + ramp_seconds(calls, bidi)) * 4 + 120)
     cpu1, wall1 = cpu_seconds(pids), time.monotonic()
+    group_cpu1 = [cpu_seconds(g) for g in groups]
     lines = stdout.strip().splitlines()
     result = json.loads(lines[-1]) if lines else {"error": "".join(errors)[-2000:]}
     rss1 = rss_kb(pids_of())
@@ -291,6 +301,21 @@ def measure(
         result["steady_cpu_pct"] = round(100 * (c1 - c0) / (w1 - w0), 1)
         # what the step cost beyond relaying its frames: call set-up, hang-up, billing, callbacks
         setup_ms = 1000 * max(0.0, cpu - steady_us * frames / 1e6) / calls
+        if len(groups) > 1:  # --ab: call i went to group i % k, so each group relayed 1/k of the frames
+            k = len(groups)
+            steady_all = result["steady_frames"] + result.get("steady_play_frames", 0)
+            result["ab"] = []
+            for g in range(k):
+                g_calls = len(range(g, calls, k))
+                g_us = (
+                    1e6
+                    * (group_marks["steady-end"][g] - group_marks["steady-start"][g])
+                    / (steady_all * g_calls / calls)
+                )
+                g_setup = (
+                    1000 * max(0.0, (group_cpu1[g] - group_cpu0[g]) - g_us * frames * g_calls / calls / 1e6) / g_calls
+                )
+                result["ab"].append({"cpu_us_per_frame": round(g_us, 1), "setup_cpu_ms_per_call": round(g_setup, 1)})
     result.update(
         {
             "server": name,
@@ -392,6 +417,8 @@ def hub_variant(spec: str, port: int) -> tuple[list[str], Path]:
     """NAME[@DIR]: the hub's command line and the checkout it runs from."""
     name, _, tree = spec.partition("@")
     root = Path(tree).resolve() if tree else ROOT
+    if name in RELAYS:  # a plain relay side by side with hubs (--ab)
+        return [PY, str(root / "bench" / RELAYS[name]), str(port)], root
     if name == "uvicorn-sansio":  # uvicorn's own protocol, no ingest frame extension
         cmd = hub_command("uvicorn", port, python=PY, quiet=True, ws="websockets-sansio")
     else:
@@ -417,6 +444,61 @@ def ratios(tables: dict[str, dict[int, dict[str, Any]]], steps: list[int], name:
         )
 
 
+def ab_run(
+    specs: list[str],
+    steps: list[int],
+    seconds: float,
+    auth: str,
+    bidi: bool,
+    drift: bool,
+    logs: Path,
+    env: dict[str, str],
+) -> None:
+    """--ab A,B[,…]: the variants serve side by side, each taking every k-th call of the same load
+    generator, at the same moments: a paired comparison that a shared machine's noise hits alike."""
+    ports = [free_port() for _ in specs]
+    variants = [hub_variant(spec, port) for spec, port in zip(specs, ports, strict=True)]
+    procs = [
+        start(pinned(SERVER_CPU, cmd), env, logs / f"ab-{i}.log", cwd=root) for i, (cmd, root) in enumerate(variants)
+    ]
+    try:
+        for port in ports:
+            wait_port(port)
+        urls = [f"ws://127.0.0.1:{port}/ingest/audio-fork" for port in ports]
+        for calls in steps:
+            groups = [tree(p.pid) for p in procs]
+            result = measure(
+                "+".join(specs),
+                urls,
+                lambda groups=groups: [pid for g in groups for pid in g],
+                calls,
+                seconds,
+                auth,
+                bidi,
+                drift,
+                groups=groups,
+            )
+            print(row(result) + "  (all variants)", flush=True)
+            for spec, figures in zip(specs, result.get("ab") or [], strict=False):
+                us, setup = figures["cpu_us_per_frame"], figures["setup_cpu_ms_per_call"]
+                print(f"#   {spec}: {us} µs/frame, set-up {setup} ms/call", flush=True)
+            ab = result.get("ab") or []
+            if len(ab) > 1 and ab[0]["cpu_us_per_frame"]:
+                print(
+                    "#   paired ratio vs "
+                    + specs[0]
+                    + ": "
+                    + ", ".join(
+                        f"{spec} {figures['cpu_us_per_frame'] / ab[0]['cpu_us_per_frame']:.2f}"
+                        for spec, figures in zip(specs[1:], ab[1:], strict=False)
+                    ),
+                    flush=True,
+                )
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 def main() -> None:
     global CUSTOMER_TLS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -429,6 +511,9 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="no plain relays")
     parser.add_argument("--tls", action="store_true", help="wss:// customers")
     parser.add_argument("--allow-noise", action="store_true", help="exit 0 even when steps were NOISY")
+    parser.add_argument(
+        "--ab", default="", help="NAME[@DIR],NAME[@DIR],…: variants side by side under one load (paired comparison)"
+    )
     parser.add_argument(
         "--processes",
         type=int,
@@ -468,6 +553,9 @@ def main() -> None:
     )
     BENCH_PIDS[:] = tree(worker.pid)
     try:
+        if args.ab:
+            ab_run(args.ab.split(","), steps, args.seconds, auth, args.bidi, args.drift, logs, env)
+            return
         servers = ["daphne", "uvicorn"] if args.server == "both" else args.server.split(",")
         for server in servers:
             ports = [free_port() for _ in range(args.processes)]
