@@ -101,6 +101,35 @@ def call_open(
     )
 
 
+def call_open_with_streams(
+    *, account: Account, call_uuid: uuid.UUID | str, streams: list[StreamParams], **call_fields: Any
+) -> tuple[Call, list[Stream | StreamConflict]]:
+    """A gateway's call and the streams its metadata asks for, in one transaction (call set-up
+    is one lifecycle step). A second entry to the same service URL gets StreamConflict, as
+    stream_create would; nothing else can hold a stream on a call that does not exist yet."""
+    created: list[Stream | StreamConflict] = []
+    with transaction.atomic():
+        call = call_open(account=account, call_uuid=call_uuid, **call_fields)
+        call.account = account
+        urls: set[str] = set()
+        rows: list[Stream] = []
+        for params in streams:
+            if params.service_url in urls:
+                created.append(StreamConflict(params.service_url))
+                continue
+            urls.add(params.service_url)
+            stream = Stream(call=call, account=account, server_id=call.server_id, **params.as_model_fields())
+            rows.append(stream)
+            created.append(stream)
+        if rows:
+            Stream.objects.bulk_create(rows)
+            StreamEvent.objects.bulk_create(
+                StreamEvent(stream=stream, event="StreamCreated", params=event_params(stream, "StreamCreated"))
+                for stream in rows
+            )
+    return call, created
+
+
 def stream_create(*, call: Call, params: StreamParams, notify_session: bool = True) -> Stream:
     """Create a stream on a live call (status initiated); the holding process dials it.
 
@@ -126,8 +155,11 @@ def stream_create(*, call: Call, params: StreamParams, notify_session: bool = Tr
     return stream
 
 
-def stream_mark_started(*, stream: Stream) -> bool:
+def stream_mark_started(*, stream: Stream, log: list[tuple[str, str, dict[str, Any]]] | None = None) -> bool:
+    """The stream is connected; `log`: debug events queued before it, written first, in the same transaction."""
     with transaction.atomic():
+        if log:
+            stream_log_batch(stream=stream, entries=log)
         if not stream.mark_started():
             return False
         stream_log(stream=stream, event="StartStream")
@@ -145,6 +177,7 @@ def stream_end(
     error: str = "",
     stats: dict[str, Any] | None = None,
     notify_session: bool = True,
+    log: list[tuple[str, str, dict[str, Any]]] | None = None,
 ) -> bool:
     """End a stream once: billing, hangup reason, and its one final callback.
 
@@ -152,8 +185,12 @@ def stream_end(
     Connection error. `stats` (the relay's counters) are stored whoever ended it.
     """
     with transaction.atomic():
+        if log:  # the relay's last debug events, before its final one
+            stream_log_batch(stream=stream, entries=log)
         fresh = Stream.objects.select_related("account", "call").select_for_update(of=("self",)).get(pk=stream.pk)
-        ended = fresh.mark_ended(reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL)
+        ended = fresh.mark_ended(
+            reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL, extra=stats or {}
+        )
         if ended:
             if reason == Stream.Reason.CONNECTION_ERROR:  # DroppedStream always says why; StopStream never has Error
                 stream_log(
@@ -161,7 +198,7 @@ def stream_end(
                 )
             else:
                 stream_log(stream=fresh, event="StopStream", extra={"HangupReason": reason})
-        if stats:
+        if stats and not ended:  # stored with the end otherwise
             Stream.objects.filter(pk=fresh.pk).update(**stats)
     if ended and notify_session:
         control.send_to_call(fresh.call.call_uuid, {"type": "stream.stop", "stream_id": str(fresh.stream_id)})
@@ -202,7 +239,18 @@ def hub_heartbeat(*, server_id: str, live_calls: int, capacity: int) -> None:
 
 
 def stream_log_batch(*, stream: Stream, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
-    """Write a relay's queued debug events (event, error, extra) in order, in one transaction."""
+    """Write a relay's queued debug events (event, error, extra) in order, in one transaction:
+    plain debug rows in one INSERT, the callback events (with their outbox rows) one by one."""
     with transaction.atomic():
+        rows: list[StreamEvent] = []
         for event, error, extra in entries:
-            stream_log(stream=stream, event=event, error=error, extra=extra)
+            if event in CALLBACK_EVENTS:
+                if rows:
+                    StreamEvent.objects.bulk_create(rows)
+                    rows = []
+                stream_log(stream=stream, event=event, error=error, extra=extra)
+            else:
+                params = event_params(stream, event, error=error, extra=extra)
+                rows.append(StreamEvent(stream=stream, event=event, error=error[:1000], params=params))
+        if rows:
+            StreamEvent.objects.bulk_create(rows)

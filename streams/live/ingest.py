@@ -115,7 +115,7 @@ class IngestConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.account = await db_async(gateway_auth.authenticate)(self.scope)
+        self.account = gateway_auth.cached(self.scope) or await db_async(gateway_auth.authenticate)(self.scope)
         if self.account is None:
             log.warning("%s ingest refused: missing or wrong credentials", self.gateway)
             await self.close()

@@ -65,6 +65,7 @@ WRITE_LIMIT = 16 * 1024
 MAX_MESSAGE = 16 * 1024 * 1024  # D14: beyond this the hub closes with 1009
 DEBUG_EVENT_LIMIT = 200  # per kind of peer-triggered event, then one "suppressed" note
 SAMPLE_EVERY = 1.0
+EVENT_FLUSH_DELAY = 0.5  # debug events are written in batches, at most this late
 MAX_SAMPLES = 3600
 
 
@@ -422,9 +423,9 @@ class StreamRelay:
 
     async def _record_started(self) -> None:
         try:
-            await self._flush_now()  # debug events so far, in order, before StartStream
-            async with self._db_lock:
-                await db_async(services.stream_mark_started)(stream=self.stream)
+            async with self._db_lock:  # debug events so far, in order, then StartStream: one transaction
+                entries, self._events = self._events, []
+                await db_async(services.stream_mark_started)(stream=self.stream, log=entries)
         except Exception:
             log.exception("could not record the start of stream %s", self.stream_id)
 
@@ -472,10 +473,15 @@ class StreamRelay:
         self._sample(time.monotonic(), force=True)
         stats = {"frames_sent": self.frames_sent, "played_ms": self.played_ms, "buffer_samples": self.samples}
         try:
-            await self._flush_now()
-            async with self._db_lock:
+            async with self._db_lock:  # the last debug events, the end and its callback: one transaction
+                entries, self._events = self._events, []
                 await db_async(services.stream_end)(
-                    stream=self.stream, reason=reason, error=self.end_error, stats=stats, notify_session=False
+                    stream=self.stream,
+                    reason=reason,
+                    error=self.end_error,
+                    stats=stats,
+                    notify_session=False,
+                    log=entries,
                 )
         except Exception:
             log.exception("could not record the end of stream %s", self.stream_id)
@@ -623,6 +629,9 @@ class StreamRelay:
     async def _flush_events(self) -> None:
         while True:
             await self._events_wake.wait()
+            # gather what follows (a burst of events is one transaction; the start and the end
+            # take whatever is queued into their own transaction)
+            await asyncio.sleep(EVENT_FLUSH_DELAY)
             self._events_wake.clear()
             await self._flush_now()
 

@@ -26,7 +26,7 @@ from streams import services
 from streams.core.audio import Reframer, frame_bytes, silence, split_stereo
 from streams.core.gateway import GatewayMetadata, gateway_error
 from streams.core.playback import Pacer, PlaybackQueue, Played
-from streams.core.validation import StreamParamError, validate_stream_params
+from streams.core.validation import StreamParamError, StreamParams, validate_stream_params
 from streams.live.admission import admission
 from streams.live.dbasync import db_async
 from streams.live.relay import StreamRelay, redact_url
@@ -107,32 +107,33 @@ class CallSession:
         group there), so a stream started over REST meanwhile is not missed.
         """
         self.set_format(rate=meta.sample_rate, channels=meta.channels)
-        self.call = await db_async(_open_call)(account=self.account, meta=meta, gateway=self.gateway)
-        registry.add(self)
-        if joined is not None:
-            await joined()
-        for error in meta.errors:
-            await self.link.send_text(gateway_error(error))
+        valid: list[tuple[int, StreamParams]] = []
+        refused: list[tuple[int, str]] = []
         for index, entry in enumerate(meta.streams):
             try:
                 params = validate_stream_params(
                     entry, forbid_private_callbacks=settings.STREAMHUB_FORBID_PRIVATE_CALLBACKS
                 )
             except StreamParamError as exc:
-                log.warning("call %s: stream %d refused: %s", self.call.call_uuid, index, exc)
-                await self.link.send_text(gateway_error(f"streams[{index}] refused: {exc}"))
+                refused.append((index, str(exc)))
                 continue
-            try:
-                stream = await db_async(services.stream_create)(call=self.call, params=params, notify_session=False)
-            except services.StreamConflict:
+            valid.append((index, params))
+        # the call and its streams: one transaction, one trip to the database thread
+        self.call, created = await db_async(_open_call)(
+            account=self.account, meta=meta, gateway=self.gateway, streams=[params for _, params in valid]
+        )
+        registry.add(self)
+        if joined is not None:
+            await joined()
+        for error in meta.errors:
+            await self.link.send_text(gateway_error(error))
+        for index, reason in refused:
+            log.warning("call %s: stream %d refused: %s", self.call.call_uuid, index, reason)
+            await self.link.send_text(gateway_error(f"streams[{index}] refused: {reason}"))
+        for (index, params), stream in zip(valid, created, strict=True):
+            if isinstance(stream, services.StreamConflict):
                 message = f"streams[{index}] refused: an active stream to {params.service_url} exists on this call"
                 await self.link.send_text(gateway_error(message))
-                continue
-            except services.CallNotLive:
-                return self.call
-            except Exception:
-                log.exception("call %s: stream %d could not be created", self.call.call_uuid, index)
-                await self.link.send_text(gateway_error(f"streams[{index}] refused: internal error"))
                 continue
             stream.account, stream.call = self.account, self.call
             self.add_relay(stream)
@@ -404,8 +405,11 @@ class CallSession:
         return task
 
 
-def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str) -> Call:
-    """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one."""
+def _open_call(
+    *, account: Account, meta: GatewayMetadata, gateway: str, streams: list[StreamParams]
+) -> tuple[Call, list[Stream | services.StreamConflict]]:
+    """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one.
+    The metadata's streams are created with the call, in its transaction."""
     metadata: dict[str, Any] = {"raw": meta.raw, "sampleRate": meta.sample_rate, "mixType": meta.mix_type}
     candidate: uuid.UUID | None = None
     if meta.call_id:
@@ -421,13 +425,14 @@ def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str) -> Call
         "direction": meta.direction,
         "gateway": gateway,
         "metadata": metadata,
+        "streams": streams,
     }
     if candidate is not None and not Call.objects.filter(call_uuid=candidate).exists():
         try:
-            return services.call_open(call_uuid=candidate, **kwargs)
+            return services.call_open_with_streams(call_uuid=candidate, **kwargs)
         except IntegrityError:
             pass
-    return services.call_open(call_uuid=uuid.uuid4(), **kwargs)
+    return services.call_open_with_streams(call_uuid=uuid.uuid4(), **kwargs)
 
 
 def _load_stream(*, call: Call, stream_id: str) -> Stream | None:
