@@ -202,6 +202,10 @@ STREAMHUB_ORPHAN_AFTER_SECONDS = env_float("STREAMHUB_ORPHAN_AFTER_SECONDS", def
 # Measured capacity of one uvicorn process on one core of the 2-vCPU development VM: 400 calls with p99 < 20 ms
 # (daphne: 200); bench/RESULTS.md. Measure yours with bench/run.py and set this below what it prints.
 STREAMHUB_MAX_CALLS = env_int("STREAMHUB_MAX_CALLS", default=350, minimum=1)
+# What a bidirectional stream weighs against STREAMHUB_MAX_CALLS (a one-way stream weighs 1): it relays
+# media out and plays audio back, two frames per 20 ms; one core carried 200 bidirectional calls or 400
+# one-way ones (bench/RESULTS.md). streams/live/admission.py.
+STREAMHUB_BIDI_STREAM_WEIGHT = env_float("STREAMHUB_BIDI_STREAM_WEIGHT", default=2.0, minimum=1.0)
 STREAMHUB_FORBID_PRIVATE_CALLBACKS = env_bool("STREAMHUB_FORBID_PRIVATE_CALLBACKS", default=False)
 
 # Callbacks (decision D16)

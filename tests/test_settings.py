@@ -81,3 +81,9 @@ def test_create_account_prints_credentials_as_json(tmp_path: Path, transactional
     account = Account.objects.get(auth_id=data["auth_id"])
     assert data["auth_token"] == account.auth_token
     assert str(account.rate_per_minute) == "0.00400"
+
+
+@pytest.mark.parametrize("value", ["heavy", "0.5"])
+def test_a_bidirectional_weight_that_is_not_a_number_of_at_least_one_fails_loudly(tmp_path: Path, value: str) -> None:
+    got = probe(tmp_path, STREAMHUB_BIDI_STREAM_WEIGHT=value)
+    assert "ImproperlyConfigured" in str(got.get("error")) and "STREAMHUB_BIDI_STREAM_WEIGHT" in str(got.get("error"))

@@ -13,7 +13,7 @@ from typing import Any
 from streams.core import audiofork, framing
 from streams.core.gateway import GatewayMetadata, gateway_error
 from streams.live import gateway_auth
-from streams.live.ingest import CLOSE_SETUP_FAILED, MAX_TEXT_FRAME, IngestConsumer
+from streams.live.ingest import CLOSE_SETUP_FAILED, MAX_TEXT_FRAME, IngestConsumer, bidirectional_flags
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ class AudioForkConsumer(IngestConsumer):
 
     async def _begin(self, meta: GatewayMetadata) -> None:
         assert self.session is not None
+        if not self.admit_weight(bidirectional_flags(meta)):
+            self.session = None  # nothing more is read from this connection
+            await self.refuse_weight()
+            return
         try:
             await self.session.begin(meta, joined=self.joined)
             self.take_binary_frames(self._audio)

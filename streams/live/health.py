@@ -13,7 +13,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    live, limit = admission.live, admission.limit
-    ready = live < limit
-    body = {"ready": ready, "live_calls": live, "capacity": limit, "load": round(live / limit, 3)}
+    live, limit, used = admission.live, admission.limit, admission.used
+    ready = admission.ready
+    body = {"ready": ready, "live_calls": live, "capacity": limit, "weight": used, "load": round(used / limit, 3)}
     return JsonResponse(body, status=200 if ready else 503)

@@ -19,7 +19,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
 from streams import control
-from streams.core.gateway import gateway_error
+from streams.core.gateway import GatewayMetadata, gateway_error
+from streams.core.validation import StreamParamError, validate_stream_params
 from streams.live import gateway_auth
 from streams.live.admission import admission
 from streams.live.dbasync import db_async
@@ -34,6 +35,17 @@ CLOSE_AT_CAPACITY = 4503
 CLOSE_SETUP_FAILED = 4500
 
 
+def bidirectional_flags(meta: GatewayMetadata) -> list[bool]:
+    """Which of the metadata's valid stream requests are bidirectional (what the call will weigh)."""
+    flags = []
+    for entry in meta.streams:
+        try:
+            flags.append(validate_stream_params(entry, forbid_private_callbacks=False).bidirectional)
+        except StreamParamError:
+            continue
+    return flags
+
+
 class IngestConsumer(AsyncWebsocketConsumer):
     """What every gateway framing shares: auth and admission on the upgrade, control messages."""
 
@@ -43,6 +55,7 @@ class IngestConsumer(AsyncWebsocketConsumer):
     session: CallSession | None = None
     account: Account | None = None
     admitted = False
+    weight = 0.0  # what this call holds of the process's capacity (streams/live/admission.py)
     # the server's `streamhub.binary_frames` extension (streams/live/wsserver.py), when it has one
     frames_extension: dict[str, Any] | None = None
     _send_binary: Callable[[bytes], bool] | None = None
@@ -121,10 +134,11 @@ class IngestConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         if not admission.try_admit():
-            log.warning("%s ingest refused: at capacity (%d calls)", self.gateway, admission.limit)
+            log.warning("%s ingest refused: at capacity (%d)", self.gateway, admission.limit)
             await self.refuse_at_capacity()
             return
         self.admitted = True
+        self.weight = admission.call_weight(())
         offered = self.scope.get("subprotocols") or []
         chosen = next((p for p in offered if p in self.subprotocols), None)
         await self.accept(subprotocol=chosen)
@@ -140,6 +154,11 @@ class IngestConsumer(AsyncWebsocketConsumer):
         # close with 4503 (daphne only sends 1000 or application codes 3000-4999).
         await self.accept()
         await self.send(text_data=gateway_error("hub at capacity: try another hub process"))
+        await self.close(code=CLOSE_AT_CAPACITY)
+
+    async def refuse_weight(self) -> None:
+        """The second step refused the call (its streams weigh more than is free): say so, 4503."""
+        await self.send(text_data=gateway_error("hub at capacity for this call's streams: try another hub process"))
         await self.close(code=CLOSE_AT_CAPACITY)
 
     async def send_http_refusal(self, status: int, body: bytes) -> None:
@@ -158,6 +177,29 @@ class IngestConsumer(AsyncWebsocketConsumer):
     async def joined(self) -> None:
         assert self.session is not None and self.session.call is not None
         await self.channel_layer.group_add(control.call_group(self.session.call.call_uuid), self.channel_name)
+
+    def admit_weight(self, bidirectional: list[bool]) -> bool:
+        """The second step of admission, once the metadata says what the call's streams are:
+        grow to their weight, or False (nothing was written yet; the caller refuses the call)."""
+        weight = admission.call_weight(bidirectional)
+        if not admission.try_grow(weight - self.weight):
+            log.warning(
+                "%s ingest refused: at capacity (a call of weight %g; %g of %d in use)",
+                self.gateway,
+                weight,
+                admission.used,
+                admission.limit,
+            )
+            return False
+        self.weight = max(weight, self.weight)
+        return True
+
+    def add_weight(self, bidirectional: bool) -> None:
+        """A stream started over REST on this call: its weight counts from now on."""
+        extra = admission.stream_weight(bidirectional)
+        if self.admitted:
+            admission.grow(extra)
+            self.weight += extra
 
     def take_binary_frames(self, handler: Callable[[bytes], bool] | None) -> None:
         """Have the server call `handler` with each BINARY message, synchronously, when it can
@@ -185,14 +227,17 @@ class IngestConsumer(AsyncWebsocketConsumer):
             log.exception("%s ingest: teardown failed", self.gateway)
         finally:
             if self.admitted:
-                admission.release()
+                admission.release(self.weight)
                 self.admitted = False
+                self.weight = 0.0
 
     # --- control from the service layer (channel layer group call.<uuid>) ---------------
 
     async def stream_start(self, message: dict[str, Any]) -> None:
         if self.session is not None:
-            await self.session.start_stream(message["stream_id"])
+            stream = await self.session.start_stream(message["stream_id"])
+            if stream is not None:
+                self.add_weight(stream.bidirectional)
 
     async def stream_stop(self, message: dict[str, Any]) -> None:
         if self.session is not None:

@@ -151,13 +151,15 @@ class CallSession:
         relay.start()
         log.info("call %s: stream %s → %s", stream.call.call_uuid, key, redact_url(stream.service_url))
 
-    async def start_stream(self, stream_id: str) -> None:
+    async def start_stream(self, stream_id: str) -> Stream | None:
         """A stream created elsewhere (REST, admin) on this call: dial it from here."""
         if self.call is None or self.ended:
-            return
-        stream = await db_async(_load_stream)(call=self.call, stream_id=stream_id)
-        if stream is not None:
-            self.add_relay(stream, backfill=True)
+            return None
+        stream: Stream | None = await db_async(_load_stream)(call=self.call, stream_id=stream_id)
+        if stream is None or str(stream.stream_id) in self.relays:
+            return None
+        self.add_relay(stream, backfill=True)
+        return stream
 
     def _backfill(self, relay: StreamRelay, stream: Stream) -> None:
         """D2 for streams created in another process: the call audio since the row was created
