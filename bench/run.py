@@ -25,6 +25,10 @@ commit), so a change's before/after is one paired run.
 side, call i going to variant i % k, all on CPU 0, so each one's CPU per frame is measured
 over the same window under the same noise: the paired before/after of a change on a shared
 machine.
+--burst N (e.g. `--calls 200 --burst 100 --no-reference`): N more calls arrive within one
+second, one second into the steady window, on top of the step's live calls; the step passes
+when every burst call starts and the live calls lose nothing and keep p99 < 20 ms (µs/frame
+then includes the burst's set-up).
 --tls: the customers are wss:// (a throwaway CA made with openssl, given to the hub as
 STREAMHUB_CUSTOMER_CA_BUNDLE and to the relays the same way).
 The machine is shared: every step records the load average and the CPU used by processes
@@ -264,6 +268,7 @@ def measure(
         + (["--bidi"] if bidi else [])
         + (["--drift"] if drift else [])
         + (["--customer-tls", CUSTOMER_TLS] if CUSTOMER_TLS else [])
+        + (["--burst", str(BURST)] if BURST else [])
         + list(extra),
     )
     marks: dict[str, tuple[float, float]] = {}
@@ -342,6 +347,8 @@ def ok(result: dict[str, Any]) -> bool:
         and (result.get("play_lost") or 0) == 0
         and result.get("play_jitter_p99_ms", 0) <= 10
         and result.get("play_drift_max_ms", 0) < 20
+        and result.get("burst_started", 0) == result.get("burst", 0)
+        and result.get("live_lost", 0) == 0
     )
 
 
@@ -360,6 +367,12 @@ def row(r: dict[str, Any]) -> str:
             f" drift max {r.get('play_drift_max_ms')} ms, playback frames {r.get('play_frames')}"
             f" lost {r.get('play_lost')}"
             if "play_frames" in r
+            else ""
+        )
+        + (
+            f"  burst: {r.get('burst_started')}/{r.get('burst')} started, set-up p50/p99"
+            f" {r.get('burst_setup_p50_ms')}/{r.get('burst_setup_p99_ms')} ms, live calls lost {r.get('live_lost')}"
+            if "burst" in r
             else ""
         )
         + ("" if ok(r) else "  <- limit")
@@ -410,6 +423,7 @@ def ramp(
 
 BENCH_PIDS: list[int] = []  # the Celery worker's processes (for the noise check)
 CUSTOMER_TLS = ""  # "cert,key" with --tls: the load generator's customers serve wss://
+BURST = 0  # --burst N
 RELAYS = {"reference": "reference_relay.py", "picows": "picows_relay.py"}
 
 
@@ -500,7 +514,7 @@ def ab_run(
 
 
 def main() -> None:
-    global CUSTOMER_TLS
+    global CUSTOMER_TLS, BURST
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default="both", help="daphne, uvicorn, both, or NAME[@DIR],… (see above)")
     parser.add_argument("--calls", default="100,200,300,400,500,600,700,800")
@@ -510,6 +524,12 @@ def main() -> None:
     parser.add_argument("--relays", default="reference,picows", help="plain relays measured after the hub")
     parser.add_argument("--no-reference", action="store_true", help="no plain relays")
     parser.add_argument("--tls", action="store_true", help="wss:// customers")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="N more calls arrive within 1 s on top of each step's live calls (p99 and loss: the live calls)",
+    )
     parser.add_argument("--allow-noise", action="store_true", help="exit 0 even when steps were NOISY")
     parser.add_argument(
         "--ab", default="", help="NAME[@DIR],NAME[@DIR],…: variants side by side under one load (paired comparison)"
@@ -522,6 +542,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     steps = [int(n) for n in args.calls.split(",")]
+    BURST = args.burst
     data_dir = ROOT / "var" / "bench"
     data_dir.mkdir(parents=True, exist_ok=True)
     env = env_for_hub(data_dir)
