@@ -30,10 +30,17 @@ UVICORN_FLAGS = (
 
 
 def hub_command(
-    server: str, port: int, *, python: str = sys.executable, quiet: bool = False, ws: str | None = None
+    server: str,
+    port: int,
+    *,
+    python: str = sys.executable,
+    quiet: bool = False,
+    ws: str | None = None,
+    workers: int = 1,
 ) -> list[str]:
     """The command line of one hub process on 127.0.0.1:`port`; `quiet` logs warnings only;
-    `ws` replaces uvicorn's WebSocket protocol (the bench compares them)."""
+    `ws` replaces uvicorn's WebSocket protocol (the bench compares them); `workers` > 1 runs
+    that many uvicorn worker processes on the one port (one per core; they need REDIS_URL)."""
     if server == "daphne":
         return [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APPLICATION]
     if server != "uvicorn":
@@ -43,4 +50,5 @@ def hub_command(
     flags = list(UVICORN_FLAGS)
     if ws is not None:
         flags[flags.index("--ws") + 1] = ws
-    return [python, "-m", "uvicorn", *listen, *flags, "--no-access-log", *log, APPLICATION]
+    many = ["--workers", str(workers)] if workers > 1 else []
+    return [python, "-m", "uvicorn", *listen, *flags, *many, "--no-access-log", *log, APPLICATION]

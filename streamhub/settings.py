@@ -188,7 +188,11 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- streamhub ---------------------------------------------------------------------
 # Which server process holds a call: hostname:pid unless set (one per daphne process).
-STREAMHUB_SERVER_ID = os.getenv("STREAMHUB_SERVER_ID") or f"{socket.gethostname()}:{os.getpid()}"
+# One id per process (the heartbeat and the orphan sweep go by it): `{pid}` in the value is replaced by the
+# process id, so the workers of one `uvicorn --workers N` command, which share their environment, differ.
+STREAMHUB_SERVER_ID = (os.getenv("STREAMHUB_SERVER_ID") or f"{socket.gethostname()}:{{pid}}").replace(
+    "{pid}", str(os.getpid())
+)
 STREAMHUB_PUBLIC_URL = os.getenv("STREAMHUB_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 STREAMHUB_STREAM_BUFFER_SECONDS = env_float("STREAMHUB_STREAM_BUFFER_SECONDS", default=40.0, minimum=0.1)
 STREAMHUB_PLAYBACK_QUEUE_SECONDS = env_float("STREAMHUB_PLAYBACK_QUEUE_SECONDS", default=60.0, minimum=1.0)
