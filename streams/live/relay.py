@@ -505,7 +505,8 @@ class StreamRelay:
     # --- audio path (no await, no database) ------------------------------------------
 
     def on_audio(self, inbound: bytes, outbound: bytes, wake: bool = True) -> None:
-        """Queue 20 ms of call audio; `wake=False` when the caller will `pump()` right after."""
+        """Relay 20 ms of call audio: written at once when nothing waits and the socket takes it,
+        else queued; `wake=False` when the caller will `pump()` right after."""
         if self.end_reason is not None:
             return
         buffer, template, start_ms = self.buffer, self.template, self.start_ms
@@ -513,9 +514,19 @@ class StreamRelay:
             chunk = self._chunk = self._chunk + 1
             seq = self.seq = self.seq + 1
             message = template.render(seq, "inbound", start_ms + 20 * (chunk - 1), chunk, inbound)
-            events = buffer.push(message, FRAME_SECONDS)
-            if events:
-                self._on_buffer_events(events)
+            link = self.link
+            # An empty buffer and a socket that takes more: what push + pump would do, without the
+            # round trip through the buffer. (`link` is set just before `start` is written: no
+            # await between the two, so no media can precede it.)
+            if link is not None and not link.paused and not buffer.items:
+                link.send(TEXT, message)
+                self.frames_sent += 1
+            else:
+                events = buffer.push(message, FRAME_SECONDS)
+                if events:
+                    self._on_buffer_events(events)
+                if wake:
+                    self.pump()
         else:
             first = True
             for track in self.tracks:
@@ -529,8 +540,8 @@ class StreamRelay:
                     first = False
                     if events:
                         self._on_buffer_events(events)
-        if wake:
-            self.pump()
+            if wake:
+                self.pump()
         now = time.monotonic()
         if now >= self._next_sample:
             self._sample(now)
@@ -545,6 +556,9 @@ class StreamRelay:
             self._sample_every *= 2
 
     def _on_buffer_events(self, events: list[Degraded | Overflow]) -> None:
+        # the buffer's picture (stats) records every crossing, not only the once-a-second samples:
+        # a stuck customer can fill the buffer between two of them
+        self._sample(time.monotonic(), force=True)
         for event in events:
             if isinstance(event, Degraded):
                 self.log_event("DegradedStream", "", {"BufferUsage": event.usage})

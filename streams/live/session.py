@@ -187,10 +187,8 @@ class CallSession:
     # --- gateway -> streams (hot path: no await, no database) ---------------------------
 
     def feed_audio_and_pump(self, data: bytes) -> None:
-        """feed_audio, then write from this task what the customer sockets take at once."""
-        self.feed_audio(data, wake=False)
-        for relay in self._relay_list:
-            relay.pump()
+        """feed_audio: each relay writes what its customer socket takes at once (see on_audio)."""
+        self.feed_audio(data)
 
     def feed_audio(self, data: bytes, wake: bool = True) -> None:
         if len(data) % (2 * self.channels):
