@@ -158,11 +158,12 @@ def stream_create(*, call: Call, params: StreamParams, notify_session: bool = Tr
 def stream_mark_started(*, stream: Stream, log: list[tuple[str, str, dict[str, Any]]] | None = None) -> bool:
     """The stream is connected; `log`: debug events queued before it, written first, in the same transaction."""
     with transaction.atomic():
-        if log:
-            stream_log_batch(stream=stream, entries=log)
         if not stream.mark_started():
+            if log:
+                stream_log_batch(stream=stream, entries=log)
             return False
-        stream_log(stream=stream, event="StartStream")
+        # the queued rows and StartStream: one INSERT when there is no callback to write with it
+        stream_log_batch(stream=stream, entries=[*(log or []), ("StartStream", "", {})])
     return True
 
 
@@ -216,10 +217,12 @@ def call_end(*, call: Call, notify_session: bool) -> list[Stream]:
     for stream in Stream.objects.filter(call=call, end_time__isnull=True).select_related("account", "call"):
         if stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False):
             ended.append(stream)
-    fresh = Call.objects.get(pk=call.pk)
-    if fresh.mark_ended() and notify_session:
-        control.send_to_call(call.call_uuid, {"type": "call.hangup"})
-    call.status, call.ended_at = fresh.status, fresh.ended_at
+    # a conditional UPDATE (live -> ended): no need to read the row first
+    if call.mark_ended():
+        if notify_session:
+            control.send_to_call(call.call_uuid, {"type": "call.hangup"})
+    else:  # someone else ended it: show their end
+        call.refresh_from_db(fields=["status", "ended_at"])
     return ended
 
 
@@ -243,8 +246,9 @@ def stream_log_batch(*, stream: Stream, entries: list[tuple[str, str, dict[str, 
     plain debug rows in one INSERT, the callback events (with their outbox rows) one by one."""
     with transaction.atomic():
         rows: list[StreamEvent] = []
+        callbacks = bool(stream.status_callback_url)
         for event, error, extra in entries:
-            if event in CALLBACK_EVENTS:
+            if callbacks and event in CALLBACK_EVENTS:
                 if rows:
                     StreamEvent.objects.bulk_create(rows)
                     rows = []
