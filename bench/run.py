@@ -29,6 +29,8 @@ machine.
 second, one second into the steady window, on top of the step's live calls; the step passes
 when every burst call starts and the live calls lose nothing and keep p99 < 20 ms (µs/frame
 then includes the burst's set-up).
+Memory: KB/call is the RSS growth over a step; a step of 120 s or more (`--seconds 600`) also
+prints the server's RSS one minute into the steady window against its end (growth at capacity).
 --tls: the customers are wss:// (a throwaway CA made with openssl, given to the hub as
 STREAMHUB_CUSTOMER_CA_BUNDLE and to the relays the same way).
 The machine is shared: every step records the load average and the CPU used by processes
@@ -47,6 +49,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = 0, 1
 
 
+RSS_EVERY = 5.0  # seconds between RSS samples of the server during a step
 NOISE_CPU_PCT = 30.0  # other processes' CPU during a step, % of one core, above which the step is noisy
 LOADGEN_MAX_PCT = 85.0  # the generator's own core: above this it may be the limit, not the server
 
@@ -273,6 +277,16 @@ def measure(
     )
     marks: dict[str, tuple[float, float]] = {}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the server's RSS every RSS_EVERY s while the step runs (memory growth over a long step)
+    trace: list[tuple[float, int]] = []
+    stop_trace = threading.Event()
+
+    def sample_rss() -> None:
+        while not stop_trace.wait(RSS_EVERY):
+            trace.append((time.monotonic() - wall0, rss_kb(pids_of())))
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
     assert proc.stderr is not None and proc.stdout is not None
     errors: list[str] = []
     for line in proc.stderr:  # read as it comes: the marks must be taken when they are printed
@@ -283,6 +297,7 @@ def measure(
             errors.append(line)
     stdout = proc.stdout.read()
     proc.wait(timeout=(seconds + ramp_seconds(calls, bidi)) * 4 + 120)
+    stop_trace.set()
     cpu1, wall1 = cpu_seconds(pids), time.monotonic()
     group_cpu1 = [cpu_seconds(g) for g in groups]
     lines = stdout.strip().splitlines()
@@ -292,6 +307,11 @@ def measure(
     # what else ran meanwhile: busy CPU of the machine minus the server, the generator and the worker
     foreign = (busy_seconds() - busy0) - cpu - (cpu_seconds(BENCH_PIDS) - bench0) - result.get("loadgen_cpu_s", 0.0)
     result["load_avg"] = f"{load_before} -> {loadavg()}"
+    steady = [(t, kb) for t, kb in trace if "steady-start" in marks and t >= marks["steady-start"][1] - wall0]
+    if len(steady) >= 2:  # RSS one minute into the steady window (or its first sample) vs its last
+        first = next(((t, kb) for t, kb in steady if t >= steady[0][0] + 60), steady[0])
+        result["rss_steady_mb"] = [round(first[1] / 1024, 1), round(steady[-1][1] / 1024, 1)]
+        result["rss_steady_at_s"] = [round(first[0]), round(steady[-1][0])]
     result["other_cpu_pct"] = round(max(0.0, 100 * foreign / (wall1 - wall0)), 1)
     result["noisy"] = bool(
         result["other_cpu_pct"] > NOISE_CPU_PCT or result.get("loadgen_cpu_pct", 0) > LOADGEN_MAX_PCT
@@ -323,6 +343,7 @@ def measure(
                 result["ab"].append({"cpu_us_per_frame": round(g_us, 1), "setup_cpu_ms_per_call": round(g_setup, 1)})
     result.update(
         {
+            "seconds_long": seconds >= 120,
             "server": name,
             "cpu_pct": round(100 * cpu / (wall1 - wall0), 1),
             "cpu_us_per_frame": round(steady_us, 1) if steady_us else None,
@@ -377,6 +398,12 @@ def row(r: dict[str, Any]) -> str:
         )
         + ("" if ok(r) else "  <- limit")
         + (f"  NOISY (load {r.get('load_avg')})" if r.get("noisy") is True else "")
+        + (
+            f"  RSS {r['rss_steady_mb'][0]} MB at {r['rss_steady_at_s'][0]} s -> {r['rss_steady_mb'][1]} MB"
+            f" at {r['rss_steady_at_s'][1]} s"
+            if "rss_steady_mb" in r and r.get("seconds_long")
+            else ""
+        )
         + (f"  {r.get('errors')}" if r.get("error_count") else "")
     )
 
