@@ -99,6 +99,27 @@ class IngestWebSocketProtocol(WebSocketsSansIOProtocol):
             super().data_received(data)
             return
         buf = self._buf
+        # nearly every read of a gateway socket: exactly one whole masked BINARY frame of 126-65535
+        # bytes (a 20 ms frame), nothing left over from the last read, nothing queued before it
+        if (
+            not buf
+            and len(data) > 8
+            and data[0] == 0x82
+            and data[1] == 0xFE
+            and len(data) == 8 + ((data[2] << 8) | data[3])
+            and len(data) - 8 <= self._max_size
+        ):
+            handler = self.binary_handler
+            if handler is not None and not self.close_sent and self.queue.empty():
+                payload = apply_mask(data[8:], data[4:8])
+                try:
+                    taken = handler(payload)
+                except Exception:
+                    self.logger.exception("binary frame handler failed")
+                    return
+                if not taken:
+                    self._queue({"type": "websocket.receive", "bytes": payload})
+                return
         if buf:
             buf += data
             view: bytes | bytearray = buf

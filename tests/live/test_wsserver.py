@@ -39,7 +39,7 @@ class App:
         return [entry for entry in self.got if entry[0] != "disconnect"]
 
     def handler(self, data: bytes) -> bool:
-        if data == b"queue me":
+        if data == b"queue me" or data.startswith(b"QQ"):
             return False
         self.got.append(("handler", data))
         return True
@@ -109,13 +109,15 @@ async def test_audio_frames_reach_the_handler_and_text_reaches_receive_in_order(
         for i in range(5):
             await ws.send(bytes([i]) * 320)
         await ws.send(b"queue me")  # the handler declines it: it comes through receive()
+        await ws.send(b"Q" * 320)  # declined too, on the one-frame-per-read path
         await ws.send("dtmf")
-        await until(lambda: len(app.messages) == 8)
+        await until(lambda: len(app.messages) == 9)
     assert app.extension is not None
     assert app.messages == [
         ("text", "meta"),
         *[("handler", bytes([i]) * 320) for i in range(5)],
         ("receive", b"queue me"),
+        ("receive", b"Q" * 320),
         ("text", "dtmf"),
     ]
 
