@@ -207,9 +207,9 @@ STREAMHUB_ORPHAN_AFTER_SECONDS = env_float("STREAMHUB_ORPHAN_AFTER_SECONDS", def
 # (daphne: 200); bench/RESULTS.md. Measure yours with bench/run.py and set this below what it prints.
 STREAMHUB_MAX_CALLS = env_int("STREAMHUB_MAX_CALLS", default=350, minimum=1)
 # What a bidirectional stream weighs against STREAMHUB_MAX_CALLS (a one-way stream weighs 1): it relays
-# media out and plays audio back, two frames per 20 ms; one core carried 200 bidirectional calls or 400
-# one-way ones (bench/RESULTS.md). streams/live/admission.py.
-STREAMHUB_BIDI_STREAM_WEIGHT = env_float("STREAMHUB_BIDI_STREAM_WEIGHT", default=2.0, minimum=1.0)
+# media out and plays audio back, two frames per 20 ms, and the playback frames cost more than media
+# ones (a paced task per call): measured 2.6-2.9 (bench/RESULTS.md, round 2). streams/live/admission.py.
+STREAMHUB_BIDI_STREAM_WEIGHT = env_float("STREAMHUB_BIDI_STREAM_WEIGHT", default=2.7, minimum=1.0)
 STREAMHUB_FORBID_PRIVATE_CALLBACKS = env_bool("STREAMHUB_FORBID_PRIVATE_CALLBACKS", default=False)
 
 # Callbacks (decision D16)

@@ -3,8 +3,8 @@ gateway connections on the upgrade so admitted calls keep their latency.
 
 Capacity is counted in weight, not calls: a one-way stream relays 50 frames a second and
 weighs 1; a bidirectional one also plays 50 frames a second back into the call and weighs
-STREAMHUB_BIDI_STREAM_WEIGHT (2 by default: one core carried 200 bidirectional calls or 400
-one-way ones, bench/RESULTS.md). A call's weight is only known once its metadata is read, so
+STREAMHUB_BIDI_STREAM_WEIGHT (2.7 by default: with this round's relay a bidirectional call's
+100 frames a second cost ≈ 49 µs each against ≈ 36 µs for a one-way call's 50; bench/RESULTS.md). A call's weight is only known once its metadata is read, so
 admission has two steps: a connection takes one unit on the upgrade (refused: HTTP 503 under
 uvicorn, close 4503 under daphne), then, before anything is written to the database, the call
 grows to its streams' weight or is refused (close 4503 with a reason). Streams started later
@@ -22,7 +22,7 @@ CONNECTION_WEIGHT = 1.0
 @dataclass
 class Admission:
     limit: int
-    bidi_weight: float = 2.0
+    bidi_weight: float = 2.7
     live: int = 0  # admitted connections
     used: float = 0.0  # their weight
 
