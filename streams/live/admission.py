@@ -3,12 +3,13 @@ gateway connections on the upgrade so admitted calls keep their latency.
 
 Capacity is counted in weight, not calls: a one-way stream relays 50 frames a second and
 weighs 1; a bidirectional one also plays 50 frames a second back into the call and weighs
-STREAMHUB_BIDI_STREAM_WEIGHT (2.7 by default: with this round's relay a bidirectional call's
-100 frames a second cost ≈ 49 µs each against ≈ 36 µs for a one-way call's 50; bench/RESULTS.md). A call's weight is only known once its metadata is read, so
-admission has two steps: a connection takes one unit on the upgrade (refused: HTTP 503 under
-uvicorn, close 4503 under daphne), then, before anything is written to the database, the call
-grows to its streams' weight or is refused (close 4503 with a reason). Streams started later
-over REST add their weight to the call (they are never refused: the call is already here).
+STREAMHUB_BIDI_STREAM_WEIGHT (2.7 by default: a bidirectional call's 100 frames a second cost
+≈ 49 µs each against ≈ 36 µs for a one-way call's 50; bench/RESULTS.md). A call's weight is
+only known once its metadata is read, so admission has two steps: a connection takes one unit
+on the upgrade (refused: HTTP 503 under uvicorn, close 4503 under daphne), then, before
+anything is written to the database, the call grows to its streams' weight or is refused
+(close 4503 with a reason). Streams started later over REST add their weight to the call
+(they are never refused: the call is already here).
 """
 
 from __future__ import annotations

@@ -213,8 +213,15 @@ class IngestConsumer(AsyncWebsocketConsumer):
         await super().websocket_disconnect(message)
 
     async def teardown(self) -> None:
-        """End the session, leave the control group, free the admission slot: idempotent."""
+        """Free the admission slot, end the session, leave the control group: idempotent.
+
+        The slot goes first: the gateway is gone, so the call's cost is over, and whoever sees
+        the call ended (its row) can count on its capacity being free."""
         self.take_binary_frames(None)
+        if self.admitted:
+            admission.release(self.weight)
+            self.admitted = False
+            self.weight = 0.0
         session = self.session
         try:
             if session is not None:
@@ -225,11 +232,6 @@ class IngestConsumer(AsyncWebsocketConsumer):
                     )
         except Exception:
             log.exception("%s ingest: teardown failed", self.gateway)
-        finally:
-            if self.admitted:
-                admission.release(self.weight)
-                self.admitted = False
-                self.weight = 0.0
 
     # --- control from the service layer (channel layer group call.<uuid>) ---------------
 
