@@ -4,6 +4,9 @@ the call's sockets live in hub A."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -110,7 +113,9 @@ async def test_one_port_served_by_two_uvicorn_workers_keeps_rest_control_across_
             assert reasons == ["API request"] * len(gateways)
             assert not await db(lambda: Call.objects.filter(status="live").exists())()
     finally:
-        hub.stop()
+        hub.stop()  # the supervisor ends its workers on SIGTERM; if it had to be killed, they go with its group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(hub.popen.pid, signal.SIGKILL)
         print(f"----- {hub.name} log -----\n{hub.log()[-20000:]}")
 
 
