@@ -32,6 +32,10 @@ send noisy speech (samples/caller-8k.wav + white noise at 5 dB SNR) instead of t
 rewrites the payload, so a frame is known by its `chunk` number and its send time is looked up in
 the gateway's record. The suppressor's flushed tail (one frame after the last) is counted apart
 (`tail_frames`), not as a received frame.
+--customer-tls CERT,KEY makes the customers serve wss://localhost (TLS customers).
+--burst N: N more calls arrive within one second, 1 s into the steady window, on top of the
+--calls live ones; latency and steady_frames then count the live calls only, and the output
+adds burst_started (burst calls whose customer got audio), burst_setup_p50/p99_ms and live_lost.
 Usage: python bench/loadgen.py --url ws://…[,ws://…] --calls N --seconds S
 """
 
@@ -169,6 +173,8 @@ class Stats:
         self.sent_at: list[array[int]] = [array("q") for _ in range(calls)]
         self.speech: list[bytes] = []
         self.tail_frames = 0
+        self.base_calls = calls  # calls with index >= base_calls are a --burst's
+        self.burst_setup: list[float] = []
 
 
 class WsConn(asyncio.Protocol, abc.ABC):
@@ -396,8 +402,8 @@ class Customer(WsConn):
             if idx != self.index:  # another call's audio on this stream
                 stats.invalid += 1
                 return
-        if stats.steady_from_us <= sent_us < stats.steady_until_us:  # every call up and sending
-            stats.latencies.append(self.at - sent_us)
+        if stats.steady_from_us <= sent_us < stats.steady_until_us and idx < stats.base_calls:
+            stats.latencies.append(self.at - sent_us)  # every (live) call up and sending
             stats.steady_frames += 1
         stats.received[idx] += 1
         last = stats.last[idx]
@@ -436,7 +442,8 @@ class Customer(WsConn):
             assert self.transport is not None
             self.transport.write(PLAY_FRAME * int(stats.drift_seconds))
         if self.index in stats.opened:
-            stats.setup.append(time.monotonic() - stats.opened[self.index])
+            took = time.monotonic() - stats.opened[self.index]
+            (stats.burst_setup if self.index >= stats.base_calls else stats.setup).append(took)
 
     def check_media(self, message: bytes | bytearray, head: bytes) -> None:
         ok = False
@@ -776,18 +783,31 @@ async def main() -> None:
     parser.add_argument("--drift", action="store_true", help="with --bidi: one clip as long as the call")
     parser.add_argument("--ramp-seconds", type=float, default=2.0)
     parser.add_argument("--noise-cancellation", action="store_true", help="every stream asks for noiseCancellation")
+    parser.add_argument("--customer-tls", default="", help="CERT,KEY: the customers serve wss://localhost")
+    parser.add_argument(
+        "--burst", type=int, default=0, help="N more calls arriving within 1 s, 1 s into the steady window"
+    )
     args = parser.parse_args()
     cpu0, wall0 = time.process_time(), time.monotonic()
     targets = [Target(u.strip()) for u in args.url.split(",") if u.strip()]
-    stats = Stats(args.calls)
+    stats = Stats(args.calls + args.burst)
+    stats.base_calls = args.calls
     if args.noise_cancellation:
         stats.noise, stats.speech = True, noisy_speech_frames()
     if args.drift:
         # one clip of up to 60 s (the hub's default playback queue bound): drift over all of it
         stats.drift_seconds = max(2.0, min(60.0, args.seconds - 2))
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Customer(stats, args.bidi), "127.0.0.1", 0, backlog=4096)
+    customer_tls: ssl.SSLContext | None = None
+    if args.customer_tls:
+        cert, key = args.customer_tls.split(",")
+        customer_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        customer_tls.load_cert_chain(cert, key)
+    server = await loop.create_server(
+        lambda: Customer(stats, args.bidi), "127.0.0.1", 0, backlog=4096, ssl=customer_tls
+    )
     port = server.sockets[0].getsockname()[1]
+    customer_base = f"wss://localhost:{port}/c" if customer_tls else f"ws://127.0.0.1:{port}/c"
     clock = Clock(int(args.seconds * 50))
     gc.freeze()  # what exists now (modules, argparse…) is never worth scanning again
     begin = time.monotonic() + 0.5
@@ -799,15 +819,19 @@ async def main() -> None:
     for mark, at_us in (("steady-start", stats.steady_from_us), ("steady-end", stats.steady_until_us)):
         loop.call_at(at_us / 1e6, announce, mark)
     tasks = []
-    for i in range(args.calls):
+    burst_at = stats.steady_from_us / 1e6 + 1.0 + CONNECT_LEAD  # first burst call connects 1 s into the window
+    for i in range(args.calls + args.burst):
         # calls arrive over the ramp; their 20 ms clocks have independent phases, as real gateways'
-        start = begin + args.ramp_seconds * i / args.calls + (i * GOLDEN % 1.0) * PERIOD
+        if i < args.calls:
+            start = begin + args.ramp_seconds * i / args.calls + (i * GOLDEN % 1.0) * PERIOD
+        else:  # --burst: within one second, on top of the live calls
+            start = burst_at + (i - args.calls) / args.burst + (i * GOLDEN % 1.0) * PERIOD
         tasks.append(
             asyncio.create_task(
                 gateway(
                     targets[i % len(targets)],
                     i,
-                    f"ws://127.0.0.1:{port}/c",
+                    customer_base,
                     stats,
                     clock,
                     start + 1.0,
@@ -821,6 +845,7 @@ async def main() -> None:
     server.close()
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     lat = [v / 1000 for v in stats.latencies]
+    burst_started = sum(1 for i in range(args.calls, args.calls + args.burst) if stats.received[i])
     out: dict[str, Any] = {
         "calls": args.calls,
         "connected": stats.connected,
@@ -844,6 +869,17 @@ async def main() -> None:
         "loadgen_cpu_s": round(cpu, 2),
         "loadgen_cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else 0.0,
     }
+    if args.burst:
+        base_sent = sum(stats.sent[: args.calls])
+        out.update(
+            {
+                "burst": args.burst,
+                "burst_started": burst_started,
+                "burst_setup_p50_ms": round(1000 * pct(stats.burst_setup, 0.5), 1),
+                "burst_setup_p99_ms": round(1000 * pct(stats.burst_setup, 0.99), 1),
+                "live_lost": base_sent - sum(stats.received[: args.calls]),
+            }
+        )
     if args.bidi:
         jitter = [abs(g - 0.02) * 1000 for g in stats.play_gaps]
         out.update(

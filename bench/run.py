@@ -1,13 +1,16 @@
 """One command: the hub as deployed vs the reference relay, ramping concurrent calls.
 
-    .venv/bin/python bench/run.py [--server daphne|uvicorn|both] [--calls 100,200,…] [--seconds 10]
-                                  [--bidi [--drift]] [--processes 2] [--no-reference] [--noise-cancellation]
+    .venv/bin/python bench/run.py [--server daphne|uvicorn|both|NAME[@DIR],…] [--calls 100,200,…]
+                                  [--seconds 10] [--bidi [--drift]] [--processes 2] [--tls]
+                                  [--relays reference,picows | --no-reference] [--allow-noise]
+                                  [--noise-cancellation]
 
 The hub runs with production settings (PostgreSQL + Redis from DATABASE_URL/REDIS_URL,
 defaulting to the local servers, a Celery worker running) pinned to CPU 0 with taskset;
 the load generator (bench/loadgen.py) is pinned to CPU 1, and the reference relay
-(bench/reference_relay.py: plain asyncio + websockets) is measured the same way in the same
-run. Calls arrive at 50 a second; once all are up, the steady window begins. For each N it
+(bench/reference_relay.py: plain asyncio + websockets, the hub's media template and pybase64)
+and the ceiling (bench/picows_relay.py: the same relay on picows, both sides) are measured the
+same way in the same run. Calls arrive at 50 a second; once all are up, the steady window begins. For each N it
 prints frames sent/received/lost, duplicates, out-of-order, p50/p99/max added latency, the
 server's CPU % and CPU µs per relayed frame over the steady window, the rest of the step's
 CPU per call (set-up, hang-up, billing, callbacks), RSS per call and the load generator's
@@ -18,6 +21,26 @@ passed; the hub/reference capacity and CPU ratios are printed at the end.
 --noise-cancellation: every stream asks for noiseCancellation (level 85) and the gateways send
 noisy speech; the reference relay has no suppressor, so it is not run (compare with a run of the
 hub without the flag).
+--server takes NAME[@DIR] entries: NAME is daphne, uvicorn (the production command) or
+uvicorn-sansio (uvicorn's own websockets-sansio protocol, the command before the ingest
+frame extension); @DIR runs that hub from another checkout (e.g. `git archive` of an older
+commit), so a change's before/after is one paired run.
+--ab A,B: the variants (hubs, or the plain relays `reference` and `picows`) serve side by
+side, call i going to variant i % k, all on CPU 0, so each one's CPU per frame is measured
+over the same window under the same noise: the paired before/after of a change on a shared
+machine.
+--burst N (e.g. `--calls 200 --burst 100 --no-reference`): N more calls arrive within one
+second, one second into the steady window, on top of the step's live calls; the step passes
+when every burst call starts and the live calls lose nothing and keep p99 < 20 ms (µs/frame
+then includes the burst's set-up).
+Memory: KB/call is the RSS growth over a step; a step of 120 s or more (`--seconds 600`) also
+prints the server's RSS one minute into the steady window against its end (growth at capacity).
+--tls: the customers are wss:// (a throwaway CA made with openssl, given to the hub as
+STREAMHUB_CUSTOMER_CA_BUNDLE and to the relays the same way).
+The machine is shared: every step records the load average and the CPU used by processes
+that are not the bench's (busy CPU from /proc/stat minus the server, the generator and the
+worker); a step where that exceeds NOISE_CPU_PCT of a core, or the generator's own core is
+over LOADGEN_MAX_PCT, is flagged, and the run exits with status 3 unless --allow-noise.
 """
 
 from __future__ import annotations
@@ -30,6 +53,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +65,69 @@ from streamhub.servers import hub_command  # noqa: E402
 PY = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = 0, 1
+
+
+RSS_EVERY = 5.0  # seconds between RSS samples of the server during a step
+NOISE_CPU_PCT = 30.0  # other processes' CPU during a step, % of one core, above which the step is noisy
+LOADGEN_MAX_PCT = 85.0  # the generator's own core: above this it may be the limit, not the server
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def busy_seconds() -> float:
+    """Busy CPU time of the whole machine (all cores), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / TICKS
+
+
+def make_tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for localhost signed by it: (ca.pem, cert, key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, cert, key = directory / "ca.pem", directory / "srv.pem", directory / "srv.key"
+    if cert.exists() and key.exists() and ca.exists() and time.time() - cert.stat().st_mtime < 86400:
+        return ca, cert, key
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=streamhub bench CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    (directory / "ext.cnf").write_text("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "srv.key", "-out", "srv.csr")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "srv.pem",
+    )
+    return ca, cert, key
 
 
 def free_port() -> int:
@@ -124,9 +211,9 @@ def prepare_db(env: dict[str, str]) -> str:
     return f"{creds['auth_id']}:{creds['auth_token']}"
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        cmd, cwd=cwd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
     )
 
 
@@ -156,14 +243,20 @@ def measure(
     auth: str,
     bidi: bool,
     drift: bool = False,
-    noise: bool = False,
+    extra: tuple[str, ...] = (),
+    groups: list[list[int]] | None = None,
 ) -> dict[str, Any]:
     """One step. The load generator announces the steady window on stderr (every call up
     and sending); the server's CPU is read at both ends of it, so the per-frame figure is
     the relay's own cost and call set-up/hang-up is reported apart, per call."""
     pids = pids_of()
+    groups = groups or [pids]
+    group_cpu0 = [cpu_seconds(g) for g in groups]
+    group_marks: dict[str, list[float]] = {}
     cpu0, wall0 = cpu_seconds(pids), time.monotonic()
     rss0 = rss_kb(pids)
+    load_before = loadavg()
+    busy0, bench0 = busy_seconds(), cpu_seconds(BENCH_PIDS)
     cmd = pinned(
         LOAD_CPU,
         [
@@ -182,24 +275,51 @@ def measure(
         ]
         + (["--bidi"] if bidi else [])
         + (["--drift"] if drift else [])
-        + (["--noise-cancellation"] if noise else []),
+        + (["--customer-tls", CUSTOMER_TLS] if CUSTOMER_TLS else [])
+        + (["--burst", str(BURST)] if BURST else [])
+        + list(extra),
     )
     marks: dict[str, tuple[float, float]] = {}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the server's RSS every RSS_EVERY s while the step runs (memory growth over a long step)
+    trace: list[tuple[float, int]] = []
+    stop_trace = threading.Event()
+
+    def sample_rss() -> None:
+        while not stop_trace.wait(RSS_EVERY):
+            trace.append((time.monotonic() - wall0, rss_kb(pids_of())))
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
     assert proc.stderr is not None and proc.stdout is not None
     errors: list[str] = []
     for line in proc.stderr:  # read as it comes: the marks must be taken when they are printed
         if line.startswith("steady-"):
             marks[line.strip()] = (cpu_seconds(pids), time.monotonic())
+            group_marks[line.strip()] = [cpu_seconds(g) for g in groups]
         else:
             errors.append(line)
     stdout = proc.stdout.read()
     proc.wait(timeout=(seconds + ramp_seconds(calls, bidi)) * 4 + 120)
+    stop_trace.set()
     cpu1, wall1 = cpu_seconds(pids), time.monotonic()
+    group_cpu1 = [cpu_seconds(g) for g in groups]
     lines = stdout.strip().splitlines()
     result = json.loads(lines[-1]) if lines else {"error": "".join(errors)[-2000:]}
     rss1 = rss_kb(pids_of())
     cpu = cpu1 - cpu0
+    # what else ran meanwhile: busy CPU of the machine minus the server, the generator and the worker
+    foreign = (busy_seconds() - busy0) - cpu - (cpu_seconds(BENCH_PIDS) - bench0) - result.get("loadgen_cpu_s", 0.0)
+    result["load_avg"] = f"{load_before} -> {loadavg()}"
+    steady = [(t, kb) for t, kb in trace if "steady-start" in marks and t >= marks["steady-start"][1] - wall0]
+    if len(steady) >= 2:  # RSS one minute into the steady window (or its first sample) vs its last
+        first = next(((t, kb) for t, kb in steady if t >= steady[0][0] + 60), steady[0])
+        result["rss_steady_mb"] = [round(first[1] / 1024, 1), round(steady[-1][1] / 1024, 1)]
+        result["rss_steady_at_s"] = [round(first[0]), round(steady[-1][0])]
+    result["other_cpu_pct"] = round(max(0.0, 100 * foreign / (wall1 - wall0)), 1)
+    result["noisy"] = bool(
+        result["other_cpu_pct"] > NOISE_CPU_PCT or result.get("loadgen_cpu_pct", 0) > LOADGEN_MAX_PCT
+    )
     frames = result.get("received", 0) + (result.get("play_frames", 0) if bidi else 0)
     steady_us = None
     setup_ms = None
@@ -210,8 +330,24 @@ def measure(
         result["steady_cpu_pct"] = round(100 * (c1 - c0) / (w1 - w0), 1)
         # what the step cost beyond relaying its frames: call set-up, hang-up, billing, callbacks
         setup_ms = 1000 * max(0.0, cpu - steady_us * frames / 1e6) / calls
+        if len(groups) > 1:  # --ab: call i went to group i % k, so each group relayed 1/k of the frames
+            k = len(groups)
+            steady_all = result["steady_frames"] + result.get("steady_play_frames", 0)
+            result["ab"] = []
+            for g in range(k):
+                g_calls = len(range(g, calls, k))
+                g_us = (
+                    1e6
+                    * (group_marks["steady-end"][g] - group_marks["steady-start"][g])
+                    / (steady_all * g_calls / calls)
+                )
+                g_setup = (
+                    1000 * max(0.0, (group_cpu1[g] - group_cpu0[g]) - g_us * frames * g_calls / calls / 1e6) / g_calls
+                )
+                result["ab"].append({"cpu_us_per_frame": round(g_us, 1), "setup_cpu_ms_per_call": round(g_setup, 1)})
     result.update(
         {
+            "seconds_long": seconds >= 120,
             "server": name,
             "cpu_pct": round(100 * cpu / (wall1 - wall0), 1),
             "cpu_us_per_frame": round(steady_us, 1) if steady_us else None,
@@ -236,6 +372,8 @@ def ok(result: dict[str, Any]) -> bool:
         and (result.get("play_lost") or 0) == 0
         and result.get("play_jitter_p99_ms", 0) <= 10
         and result.get("play_drift_max_ms", 0) < 20
+        and result.get("burst_started", 0) == result.get("burst", 0)
+        and result.get("live_lost", 0) == 0
     )
 
 
@@ -248,7 +386,7 @@ def row(r: dict[str, Any]) -> str:
         f"{r.get('duplicates', '-'):>4} {r.get('out_of_order', '-'):>4} {r.get('p50_ms', '-'):>7} "
         f"{r.get('p99_ms', '-'):>7} {r.get('max_ms', '-'):>7} {r.get('steady_cpu_pct', '-'):>6} "
         f"{r.get('cpu_us_per_frame', '-'):>8} {r.get('setup_cpu_ms_per_call', '-'):>8} "
-        f"{r.get('rss_kb_per_call', '-'):>8} {r.get('loadgen_cpu_pct', '-'):>6}"
+        f"{r.get('rss_kb_per_call', '-'):>8} {r.get('loadgen_cpu_pct', '-'):>6} {r.get('other_cpu_pct', '-'):>6}"
         + (
             f"  jitter p50/p99 {r.get('play_jitter_p50_ms')}/{r.get('play_jitter_p99_ms')} ms,"
             f" drift max {r.get('play_drift_max_ms')} ms, playback frames {r.get('play_frames')}"
@@ -256,19 +394,33 @@ def row(r: dict[str, Any]) -> str:
             if "play_frames" in r
             else ""
         )
+        + (
+            f"  burst: {r.get('burst_started')}/{r.get('burst')} started, set-up p50/p99"
+            f" {r.get('burst_setup_p50_ms')}/{r.get('burst_setup_p99_ms')} ms, live calls lost {r.get('live_lost')}"
+            if "burst" in r
+            else ""
+        )
         + ("" if ok(r) else "  <- limit")
+        + (f"  NOISY (load {r.get('load_avg')})" if r.get("noisy") is True else "")
+        + (
+            f"  RSS {r['rss_steady_mb'][0]} MB at {r['rss_steady_at_s'][0]} s -> {r['rss_steady_mb'][1]} MB"
+            f" at {r['rss_steady_at_s'][1]} s"
+            if "rss_steady_mb" in r and r.get("seconds_long")
+            else ""
+        )
         + (f"  {r.get('errors')}" if r.get("error_count") else "")
     )
 
 
 HEAD = (
     f"{'server':<10} {'calls':>5} {'sent':>8} {'recv':>8} {'lost':>6} {'dup':>4} {'ooo':>4} {'p50ms':>7} "
-    f"{'p99ms':>7} {'maxms':>7} {'cpu%':>6} {'µs/frame':>8} {'setup ms':>8} {'KB/call':>8} {'load%':>6}"
+    f"{'p99ms':>7} {'maxms':>7} {'cpu%':>6} {'µs/frame':>8} {'setup ms':>8} {'KB/call':>8} {'load%':>6} {'other%':>6}"
 )
 LEGEND = (
     "# cpu% and µs/frame: the server's CPU over the steady window (every call up and sending) / frames relayed"
     " in it;\n# setup ms: the step's remaining CPU per call (set-up, hang-up, billing, callbacks); load%: the load"
-    " generator's own core"
+    " generator's own core;\n# other%: CPU of processes outside the bench during the step (% of a core): a step over "
+    f"{NOISE_CPU_PCT:.0f} % is NOISY"
 )
 
 
@@ -281,17 +433,17 @@ def ramp(
     auth: str,
     bidi: bool,
     drift: bool = False,
-    noise: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> tuple[int, dict[int, dict[str, Any]]]:
     capacity = 0
     results: dict[int, dict[str, Any]] = {}
     for calls in steps:
-        result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift, noise)
+        result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift, extra)
         print(row(result), flush=True)
         if not ok(result) and "error" not in result:
             # one stall on a shared VM can fail a step the server carries: a limit is a step
             # that fails twice in a row (the same rule for the hub and the reference)
-            result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift, noise)
+            result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift, extra)
             print(row(result) + "  (step run again)", flush=True)
         results[calls] = result
         if not ok(result):
@@ -300,14 +452,119 @@ def ramp(
     return capacity, results
 
 
+BENCH_PIDS: list[int] = []  # the Celery worker's processes (for the noise check)
+CUSTOMER_TLS = ""  # "cert,key" with --tls: the load generator's customers serve wss://
+BURST = 0  # --burst N
+RELAYS = {"reference": "reference_relay.py", "picows": "picows_relay.py"}
+
+
+def hub_variant(spec: str, port: int) -> tuple[list[str], Path]:
+    """NAME[@DIR]: the hub's command line and the checkout it runs from."""
+    name, _, tree = spec.partition("@")
+    root = Path(tree).resolve() if tree else ROOT
+    if name in RELAYS:  # a plain relay side by side with hubs (--ab)
+        return [PY, str(root / "bench" / RELAYS[name]), str(port)], root
+    if name == "uvicorn-sansio":  # uvicorn's own protocol, no ingest frame extension
+        cmd = hub_command("uvicorn", port, python=PY, quiet=True, ws="websockets-sansio")
+    else:
+        cmd = hub_command(name, port, python=PY, quiet=True)
+    return cmd, root
+
+
+def ratios(tables: dict[str, dict[int, dict[str, Any]]], steps: list[int], name: str, base: str) -> None:
+    both = [
+        n
+        for n in steps
+        if (tables[name].get(n) or {}).get("cpu_us_per_frame")
+        and (tables[base].get(n) or {}).get("cpu_us_per_frame")
+        and ok(tables[name][n])
+        and ok(tables[base][n])
+    ]
+    values = [tables[name][n]["cpu_us_per_frame"] / tables[base][n]["cpu_us_per_frame"] for n in both]
+    if values:
+        print(
+            f"# {name}/{base} CPU per relayed frame: "
+            + ", ".join(f"{r:.2f} at {n}" for n, r in zip(both, values, strict=True))
+            + f" (mean {sum(values) / len(values):.2f})"
+        )
+
+
+def ab_run(
+    specs: list[str],
+    steps: list[int],
+    seconds: float,
+    auth: str,
+    bidi: bool,
+    drift: bool,
+    logs: Path,
+    env: dict[str, str],
+) -> None:
+    """--ab A,B[,…]: the variants serve side by side, each taking every k-th call of the same load
+    generator, at the same moments: a paired comparison that a shared machine's noise hits alike."""
+    ports = [free_port() for _ in specs]
+    variants = [hub_variant(spec, port) for spec, port in zip(specs, ports, strict=True)]
+    procs = [
+        start(pinned(SERVER_CPU, cmd), env, logs / f"ab-{i}.log", cwd=root) for i, (cmd, root) in enumerate(variants)
+    ]
+    try:
+        for port in ports:
+            wait_port(port)
+        urls = [f"ws://127.0.0.1:{port}/ingest/audio-fork" for port in ports]
+        for calls in steps:
+            groups = [tree(p.pid) for p in procs]
+            result = measure(
+                "+".join(specs),
+                urls,
+                lambda groups=groups: [pid for g in groups for pid in g],
+                calls,
+                seconds,
+                auth,
+                bidi,
+                drift,
+                groups=groups,
+            )
+            print(row(result) + "  (all variants)", flush=True)
+            for spec, figures in zip(specs, result.get("ab") or [], strict=False):
+                us, setup = figures["cpu_us_per_frame"], figures["setup_cpu_ms_per_call"]
+                print(f"#   {spec}: {us} µs/frame, set-up {setup} ms/call", flush=True)
+            ab = result.get("ab") or []
+            if len(ab) > 1 and ab[0]["cpu_us_per_frame"]:
+                print(
+                    "#   paired ratio vs "
+                    + specs[0]
+                    + ": "
+                    + ", ".join(
+                        f"{spec} {figures['cpu_us_per_frame'] / ab[0]['cpu_us_per_frame']:.2f}"
+                        for spec, figures in zip(specs[1:], ab[1:], strict=False)
+                    ),
+                    flush=True,
+                )
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 def main() -> None:
+    global CUSTOMER_TLS, BURST
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", choices=["daphne", "uvicorn", "both"], default="both")
+    parser.add_argument("--server", default="both", help="daphne, uvicorn, both, or NAME[@DIR],… (see above)")
     parser.add_argument("--calls", default="100,200,300,400,500,600,700,800")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--bidi", action="store_true")
     parser.add_argument("--drift", action="store_true", help="with --bidi: one continuous clip per call")
-    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--relays", default="reference,picows", help="plain relays measured after the hub")
+    parser.add_argument("--no-reference", action="store_true", help="no plain relays")
+    parser.add_argument("--tls", action="store_true", help="wss:// customers")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="N more calls arrive within 1 s on top of each step's live calls (p99 and loss: the live calls)",
+    )
+    parser.add_argument("--allow-noise", action="store_true", help="exit 0 even when steps were NOISY")
+    parser.add_argument(
+        "--ab", default="", help="NAME[@DIR],NAME[@DIR],…: variants side by side under one load (paired comparison)"
+    )
     parser.add_argument(
         "--noise-cancellation",
         action="store_true",
@@ -321,16 +578,24 @@ def main() -> None:
     )
     args = parser.parse_args()
     steps = [int(n) for n in args.calls.split(",")]
+    BURST = args.burst
     data_dir = ROOT / "var" / "bench"
     data_dir.mkdir(parents=True, exist_ok=True)
     env = env_for_hub(data_dir)
+    if args.tls:
+        ca, cert, key = make_tls(data_dir / "tls")
+        env["STREAMHUB_CUSTOMER_CA_BUNDLE"] = str(ca)
+        CUSTOMER_TLS = f"{cert},{key}"
     auth = prepare_db(env)
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(
         f"# streamhub bench {time.strftime('%Y-%m-%d %H:%M:%S')} · {os.cpu_count()} CPUs · "
         f"{args.seconds:.0f} s per step · servers on CPU {SERVER_CPU}, load on CPU {LOAD_CPU} · bidi={args.bidi}"
+        + (" · wss:// customers" if args.tls else "")
         + (" · noise cancellation on every stream" if args.noise_cancellation else "")
         + (f" · {args.processes} hub processes" if args.processes > 1 else "")
     )
+    print(f"# uptime: {uptime}")
     print(LEGEND)
     print(HEAD)
     logs = data_dir
@@ -344,12 +609,19 @@ def main() -> None:
         env,
         logs / "worker.log",
     )
+    BENCH_PIDS[:] = tree(worker.pid)
     try:
-        servers = ["daphne", "uvicorn"] if args.server == "both" else [args.server]
+        if args.ab:
+            ab_run(args.ab.split(","), steps, args.seconds, auth, args.bidi, args.drift, logs, env)
+            return
+        servers = ["daphne", "uvicorn"] if args.server == "both" else args.server.split(",")
         for server in servers:
             ports = [free_port() for _ in range(args.processes)]
-            commands = [pinned(SERVER_CPU, hub_command(server, port, python=PY, quiet=True)) for port in ports]
-            procs = [start(cmd, env, logs / f"{server}-{i}.log") for i, cmd in enumerate(commands)]
+            variants = [hub_variant(server, port) for port in ports]
+            procs = [
+                start(pinned(SERVER_CPU, cmd), env, logs / f"{server.replace('/', '_')}-{i}.log", cwd=root)
+                for i, (cmd, root) in enumerate(variants)
+            ]
             try:
                 for port in ports:
                     wait_port(port)
@@ -362,52 +634,49 @@ def main() -> None:
                     auth,
                     args.bidi,
                     args.drift,
-                    args.noise_cancellation,
+                    ("--noise-cancellation",) if args.noise_cancellation else (),
                 )
             finally:
                 for proc in procs:
                     stop(proc)
-        if not args.no_reference and not args.bidi and not args.noise_cancellation:
+        # the plain relays have no suppressor: with --noise-cancellation, compare with a run of the hub without it
+        no_relays = args.no_reference or args.bidi or args.noise_cancellation
+        relays = [] if no_relays else [r for r in args.relays.split(",") if r]
+        for relay in relays:
             port = free_port()
             proc = start(
-                pinned(SERVER_CPU, [PY, str(ROOT / "bench" / "reference_relay.py"), str(port)]),
-                env,
-                logs / "reference.log",
+                pinned(SERVER_CPU, [PY, str(ROOT / "bench" / RELAYS[relay]), str(port)]), env, logs / f"{relay}.log"
             )
             try:
                 wait_port(port)
-                capacities["reference"], tables["reference"] = ramp(
-                    "reference", [f"ws://127.0.0.1:{port}/"], lambda p=proc: [p.pid], steps, args.seconds, "", False
+                capacities[relay], tables[relay] = ramp(
+                    relay, [f"ws://127.0.0.1:{port}/"], lambda p=proc: [p.pid], steps, args.seconds, "", False
                 )
             finally:
                 stop(proc)
     finally:
         stop(worker)
+    print(f"# uptime at the end: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print(
         "# capacity (largest N with zero loss and p99 < 20 ms): " + ", ".join(f"{k} {v}" for k, v in capacities.items())
     )
-    ref = capacities.get("reference")
-    if not ref:
-        return
-    for name in ("daphne", "uvicorn"):
-        if name not in capacities:
-            continue
-        print(f"# {name}/reference capacity ratio: {capacities[name] / ref:.2f}")
-        both = [
-            n
-            for n in steps
-            if (tables[name].get(n) or {}).get("cpu_us_per_frame")
-            and (tables["reference"].get(n) or {}).get("cpu_us_per_frame")
-            and ok(tables[name][n])
-            and ok(tables["reference"][n])
-        ]
-        ratios = [tables[name][n]["cpu_us_per_frame"] / tables["reference"][n]["cpu_us_per_frame"] for n in both]
-        if ratios:
-            print(
-                f"# {name}/reference CPU per relayed frame: "
-                + ", ".join(f"{r:.2f} at {n}" for n, r in zip(both, ratios, strict=True))
-                + f" (mean {sum(ratios) / len(ratios):.2f})"
-            )
+    hubs = [name for name in tables if name not in RELAYS]
+    for base in [r for r in RELAYS if capacities.get(r)]:
+        for name in hubs:
+            print(f"# {name}/{base} capacity ratio: {capacities[name] / capacities[base]:.2f}")
+            ratios(tables, steps, name, base)
+    for i, name in enumerate(hubs):
+        for other in hubs[i + 1 :]:
+            ratios(tables, steps, name, other)
+    noisy = [f"{r['server']} {r['calls']}" for t in tables.values() for r in t.values() if r.get("noisy")]
+    if noisy:
+        print(
+            f"# NOISY: {', '.join(noisy)}: other processes used over {NOISE_CPU_PCT:.0f} % of a core, or the load "
+            f"generator over {LOADGEN_MAX_PCT:.0f} % of its own; these figures do not measure the server alone",
+            file=sys.stderr,
+        )
+        if not args.allow_noise:
+            sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -228,10 +228,11 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- streamhub ---------------------------------------------------------------------
 # Which server process holds a call: hostname:pid unless set, plus a boot nonce, so a process that
-# restarts with the same hostname and PID (a container) never revives a dead process's lease.
-STREAMHUB_SERVER_ID = (
-    f"{os.getenv('STREAMHUB_SERVER_ID') or f'{socket.gethostname()}:{os.getpid()}'}#{secrets.token_hex(4)}"
-)
+# restarts with the same hostname and PID (a container) never revives a dead process's lease. `{pid}` in
+# the value is replaced by the process id, for logs that tell the workers of one `uvicorn --workers N` apart.
+STREAMHUB_SERVER_ID = (os.getenv("STREAMHUB_SERVER_ID") or f"{socket.gethostname()}:{{pid}}").replace(
+    "{pid}", str(os.getpid())
+) + f"#{secrets.token_hex(4)}"
 STREAMHUB_STREAM_BUFFER_SECONDS = env_float("STREAMHUB_STREAM_BUFFER_SECONDS", default=40.0, minimum=0.1)
 # A threshold of the send buffer (30/60/90 %) sends DegradedStream at most once per this many seconds.
 STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS = env_float(
@@ -256,6 +257,10 @@ STREAMHUB_MAX_STREAMS_PER_CALL = env_int("STREAMHUB_MAX_STREAMS_PER_CALL", defau
 # Where the hub may connect (docs/callbacks.md, "Where the hub connects"). Off by default: a self-hosted
 # hub usually calls bots and receivers on its own private network. Turn them on when accounts are not
 # trusted; names are resolved and checked when connecting, and the allow-list opens known networks.
+# What a bidirectional stream weighs against STREAMHUB_MAX_CALLS (a one-way stream weighs 1): it relays
+# media out and plays audio back, two frames per 20 ms, and the playback frames cost more than media
+# ones (a paced task per call): measured 2.6-2.9 (bench/RESULTS.md, round 2). streams/live/admission.py.
+STREAMHUB_BIDI_STREAM_WEIGHT = env_float("STREAMHUB_BIDI_STREAM_WEIGHT", default=2.7, minimum=1.0)
 STREAMHUB_FORBID_PRIVATE_CALLBACKS = env_bool("STREAMHUB_FORBID_PRIVATE_CALLBACKS", default=False)
 STREAMHUB_FORBID_PRIVATE_SERVICE_URLS = env_bool("STREAMHUB_FORBID_PRIVATE_SERVICE_URLS", default=False)
 STREAMHUB_ALLOWED_PRIVATE_NETWORKS = env_networks("STREAMHUB_ALLOWED_PRIVATE_NETWORKS")

@@ -335,11 +335,20 @@ class Stream(models.Model):
             self.status, self.start_time = Stream.Status.IN_PROGRESS, now
         return done == 1
 
-    def mark_ended(self, *, reason: str, error: str = "", interval: int = 60, at: datetime | None = None) -> bool:
+    def mark_ended(
+        self,
+        *,
+        reason: str,
+        error: str = "",
+        interval: int = 60,
+        at: datetime | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bool:
         """End the stream with billing for this end time; True only for the caller that ended it.
 
-        A conditional UPDATE, so an API stop racing a hangup racing a timeout ends it once.
-        `at` backdates the end (a dead process's streams end at its last sign of life).
+        A conditional UPDATE, so an API stop racing a hangup racing a timeout ends it once;
+        `extra` fields (the relay's counters) go in the same UPDATE. `at` backdates the end
+        (a dead process's streams end at its last sign of life).
         """
         now = max(at, self.start_time or at) if at is not None else timezone.now()
         status = Stream.Status.FAILED if reason == Stream.Reason.CONNECTION_ERROR else Stream.Status.STOPPED
@@ -357,6 +366,7 @@ class Stream(models.Model):
         }
         if error:
             values["last_error"] = error[:500]
+        values.update(extra or {})
         done = Stream.objects.filter(pk=self.pk, end_time__isnull=True).update(**values)
         if done:
             for key, value in values.items():

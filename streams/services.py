@@ -150,6 +150,60 @@ def call_open(
     )
 
 
+def call_open_with_streams(
+    *, account: Account, call_uuid: uuid.UUID | str, streams: list[StreamParams], **call_fields: Any
+) -> tuple[Call, list[Stream | StreamConflict | TooManyStreams]]:
+    """A gateway's call and the streams its metadata asks for, in one transaction (call set-up
+    is one lifecycle step), with the rules of stream_create: a second entry to the same service
+    URL gets StreamConflict, the entries beyond STREAMHUB_MAX_STREAMS_PER_CALL TooManyStreams,
+    and a bidirectional stream on a call whose gateway cannot play audio is created one-way
+    (with its PlaybackUnavailable debug-log entry)."""
+    created: list[Stream | StreamConflict | TooManyStreams] = []
+    limit = settings.STREAMHUB_MAX_STREAMS_PER_CALL
+    with bounded_atomic():
+        call = call_open(account=account, call_uuid=call_uuid, **call_fields)
+        call.account = account
+        plays, note = call_playback(call)
+        urls: set[str] = set()
+        rows: list[Stream] = []
+        one_way: list[Stream] = []
+        for params in streams:
+            if params.service_url in urls:
+                created.append(StreamConflict(params.service_url))
+                continue
+            if len(rows) >= limit:
+                created.append(TooManyStreams(limit))
+                continue
+            urls.add(params.service_url)
+            fields = params.as_model_fields()
+            if params.bidirectional and not plays:
+                fields["bidirectional"] = False
+            stream = Stream(call=call, account=account, server_id=call.server_id, **fields)
+            rows.append(stream)
+            created.append(stream)
+            if params.bidirectional and not plays:
+                one_way.append(stream)
+        if rows:
+            Stream.objects.bulk_create(rows)
+            events = [
+                StreamEvent(stream=stream, event="StreamCreated", params=event_params(stream, "StreamCreated"))
+                for stream in rows
+            ]
+            reason = f"bidirectional refused, the stream is one-way: {no_playback_reason(note)}"
+            for stream in one_way:
+                log.warning("call %s: stream %s: %s", call.call_uuid, stream.stream_id, reason)
+                events.append(
+                    StreamEvent(
+                        stream=stream,
+                        event="PlaybackUnavailable",
+                        error=reason[:1000],
+                        params=event_params(stream, "PlaybackUnavailable", error=reason),
+                    )
+                )
+            StreamEvent.objects.bulk_create(events)
+    return call, created
+
+
 def stream_create(
     *, call: Call, params: StreamParams, notify_session: bool = True, refuse_one_way: bool = False
 ) -> Stream:
@@ -219,10 +273,11 @@ def stream_mark_started(
     `log_entries`: the relay's queued debug events, written first in the same transaction.
     """
     with bounded_atomic():
-        stream_log_batch(stream=stream, entries=log_entries or [])
         if not stream.mark_started(at=at):
+            stream_log_batch(stream=stream, entries=log_entries or [])
             return False
-        stream_log(stream=stream, event="StartStream")
+        # the queued rows and StartStream: one INSERT when there is no callback to write with it
+        stream_log_batch(stream=stream, entries=[*(log_entries or []), ("StartStream", "", {})])
     return True
 
 
@@ -259,7 +314,9 @@ def stream_end(
         if started_at is not None and fresh.end_time is None and fresh.status == Stream.Status.INITIATED:
             fresh.mark_started(at=started_at)
             stream_log(stream=fresh, event="StartStream")
-        ended = fresh.mark_ended(reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL, at=at)
+        ended = fresh.mark_ended(
+            reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL, at=at, extra=stats or {}
+        )
         if ended:
             if reason == Stream.Reason.CONNECTION_ERROR:  # DroppedStream always says why; StopStream never has Error
                 stream_log(
@@ -267,7 +324,7 @@ def stream_end(
                 )
             else:
                 stream_log(stream=fresh, event="StopStream", extra={"HangupReason": reason})
-        if stats:
+        if stats and not ended:  # stored with the end otherwise
             Stream.objects.filter(pk=fresh.pk).update(**stats)
     stream.__dict__.update({k: v for k, v in fresh.__dict__.items() if not k.startswith("_")})
     if ended and notify_session:
@@ -393,10 +450,22 @@ def hub_publish_snapshot(*, server_id: str, snapshot: dict[str, Any]) -> None:
 
 
 def stream_log_batch(*, stream: Stream, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
-    """Write a relay's queued debug events (event, error, extra) in order, in one transaction."""
+    """Write a relay's queued debug events (event, error, extra) in order, in one transaction:
+    plain debug rows in one INSERT, the callback events (with their outbox rows) one by one."""
     with bounded_atomic():
+        rows: list[StreamEvent] = []
+        callbacks = bool(stream.status_callback_url)
         for event, error, extra in entries:
-            stream_log(stream=stream, event=event, error=error, extra=extra)
+            if callbacks and event in CALLBACK_EVENTS:
+                if rows:
+                    StreamEvent.objects.bulk_create(rows)
+                    rows = []
+                stream_log(stream=stream, event=event, error=error, extra=extra)
+            else:
+                params = event_params(stream, event, error=error, extra=extra)
+                rows.append(StreamEvent(stream=stream, event=event, error=error[:1000], params=params))
+        if rows:
+            StreamEvent.objects.bulk_create(rows)
 
 
 # --- applications ------------------------------------------------------------------------------
@@ -478,10 +547,12 @@ def call_hangup_request(
     The cause is the one recorded before the end (an <Hangup>, the end of the document, an
     error, an API hang-up); with none recorded the caller hung up (or `default_cause`).
     """
+    if call.ended_at is None or (call.application_id is None and not call.hangup_cause_name):
+        return None  # a call without an application (its streams named by the gateway): as before
     row = Call.objects.select_related("account", "application").get(pk=call.pk)
     app = row.application
-    if row.ended_at is None or (app is None and not row.hangup_cause_name):
-        return None  # a call without an application (its streams named by the gateway): as before
+    if row.ended_at is None:
+        return None
     cause = plivo_app.CAUSES.get(row.hangup_cause_name, default_cause)
     if not row.hangup_cause_name:
         Call.objects.filter(pk=row.pk).update(hangup_cause_name=cause.name)

@@ -205,3 +205,9 @@ def test_database_timeouts_are_numbers_in_seconds(tmp_path: Path) -> None:
     assert got["lock_timeout"] == 0.5 and got["statement_timeout"] == 2.0
     bad = probe(tmp_path, STREAMHUB_DB_LOCK_TIMEOUT_SECONDS="5s")
     assert "STREAMHUB_DB_LOCK_TIMEOUT_SECONDS" in str(bad.get("error"))
+
+
+@pytest.mark.parametrize("value", ["heavy", "0.5"])
+def test_a_bidirectional_weight_that_is_not_a_number_of_at_least_one_fails_loudly(tmp_path: Path, value: str) -> None:
+    got = probe(tmp_path, STREAMHUB_BIDI_STREAM_WEIGHT=value)
+    assert "ImproperlyConfigured" in str(got.get("error")) and "STREAMHUB_BIDI_STREAM_WEIGHT" in str(got.get("error"))

@@ -23,7 +23,7 @@ from streams.core import asterisk as ast
 from streams.core import audio
 from streams.core.framing import ProtocolError
 from streams.live import gateway_auth
-from streams.live.ingest import IngestConsumer
+from streams.live.ingest import CLOSE_AT_CAPACITY, IngestConsumer, bidirectional_flags
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,14 @@ class AsteriskConsumer(IngestConsumer):
         self.start = start
         if self._deadline is not None:
             self._deadline.cancel()
+        meta = ast.call_metadata(self.query, start)
+        if not self.admit_weight(bidirectional_flags(meta)):  # the second step of admission
+            self._hangup_sent = True
+            await self.send(text_data=ast.command("HANGUP", json_mode=event.json_mode))
+            await self.close(CLOSE_AT_CAPACITY)
+            return
         try:
-            await self.session.begin(ast.call_metadata(self.query, start), joined=self.joined)
+            await self.session.begin(meta, joined=self.joined)
         except Exception:
             # the call cannot be served without its rows or control group: hang it up
             log.exception("asterisk ingest: call set-up failed")

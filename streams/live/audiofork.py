@@ -15,7 +15,14 @@ from django.db import DatabaseError
 from streams.core import audiofork, framing
 from streams.core.gateway import GatewayMetadata, gateway_error
 from streams.live import gateway_auth
-from streams.live.ingest import CLOSE_SETUP_FAILED, CLOSE_UNAVAILABLE, DB_UNAVAILABLE, MAX_TEXT_FRAME, IngestConsumer
+from streams.live.ingest import (
+    CLOSE_SETUP_FAILED,
+    CLOSE_UNAVAILABLE,
+    DB_UNAVAILABLE,
+    MAX_TEXT_FRAME,
+    IngestConsumer,
+    bidirectional_flags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +39,15 @@ class AudioForkConsumer(IngestConsumer):
         audiofork.resolve_playback(meta, self.subprotocol)
         for notice in audiofork.one_way_notices(meta):
             await self.send_text(gateway_error(notice))  # the streams themselves are made one-way by stream_create
+        # a bidirectional stream on a connection that cannot play is made one-way: it weighs as one
+        flags = [wants and meta.playback is not False for wants in bidirectional_flags(meta)]
+        if not self.admit_weight(flags):
+            self.session = None  # nothing more is read from this connection
+            await self.refuse_weight()
+            return
         try:
             await self.session.begin(meta, joined=self.joined)
+            self.take_binary_frames(self._audio)
         except DatabaseError:
             log.warning("%s ingest: call set-up failed: database unavailable", self.gateway)
             await self.send_text(gateway_error(DB_UNAVAILABLE))
@@ -44,6 +58,19 @@ class AudioForkConsumer(IngestConsumer):
             log.exception("%s ingest: call set-up failed", self.gateway)
             await self.send_text(gateway_error("call set-up failed on the hub; try again"))
             await self.close(CLOSE_SETUP_FAILED)
+
+    def _audio(self, data: bytes) -> bool:
+        """An audio frame straight from the server's read (the frame extension): no await.
+        The shutdown marker, and anything once the call has ended, takes websocket_receive."""
+        session = self.session
+        if not data or session is None or session.ended:
+            return False
+        try:
+            session.feed_audio_and_pump(data)
+        except Exception:  # rule 7: one bad frame never takes the call down
+            log.exception("%s ingest: a gateway message failed", self.gateway)
+            session.log_to_streams("GatewayInvalidMessage", "a gateway message failed (logged)")
+        return True
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         session = self.session

@@ -6,6 +6,12 @@ or `?token=<ingest token>` in the query string for gateways that cannot send hea
 
 Failed attempts are throttled per client address (streams.throttle, shared with the API and
 the admin login); an unknown auth_id or ingest token costs the same comparison as a wrong one.
+
+A successful check is remembered for AUTH_CACHE_SECONDS, so a burst of calls from one gateway
+costs one query, not one each (`cached`, on the event loop, before any database work); saving
+or deleting an account in this process forgets it at once, and a change made elsewhere applies
+to new calls within AUTH_CACHE_SECONDS. Failures are never remembered (each one is counted by
+the throttle), and only the exact credentials that succeeded hit the cache.
 """
 
 from __future__ import annotations
@@ -13,12 +19,56 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from django.db.models.signals import post_delete, post_save
+
 from streams import throttle
 from streams.models import Account
+
+AUTH_CACHE_SECONDS = 10.0
+AUTH_CACHE_SIZE = 1000
+_cache: dict[tuple[bytes, bytes], tuple[Account, float]] = {}
+
+
+def _credentials_key(scope: dict[str, Any]) -> tuple[bytes, bytes]:
+    header = b""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"authorization":
+            header = value
+            break
+    return header, scope.get("query_string", b"")
+
+
+def cached(scope: dict[str, Any]) -> Account | None:
+    """The account these exact credentials proved within the last AUTH_CACHE_SECONDS, if any."""
+    hit = _cache.get(_credentials_key(scope))
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    return None
+
+
+def _remember(scope: dict[str, Any], account: Account) -> Account:
+    now = time.monotonic()
+    if len(_cache) >= AUTH_CACHE_SIZE:
+        for key in [k for k, (_, until) in _cache.items() if until <= now]:
+            del _cache[key]
+        if len(_cache) >= AUTH_CACHE_SIZE:
+            _cache.clear()
+    _cache[_credentials_key(scope)] = (account, now + AUTH_CACHE_SECONDS)
+    return account
+
+
+def forget(**_: Any) -> None:
+    """An account changed or went away in this process: check every credential again."""
+    _cache.clear()
+
+
+post_save.connect(forget, sender=Account, dispatch_uid="gateway_auth.forget.save")
+post_delete.connect(forget, sender=Account, dispatch_uid="gateway_auth.forget.delete")
 
 
 def query_params(scope: dict[str, Any]) -> dict[str, str]:
@@ -65,13 +115,13 @@ def _check(scope: dict[str, Any]) -> tuple[Account | None, bool]:
         account = _account(auth_id=auth_id)
         expected = account.auth_token if account is not None else DUMMY_AUTH_TOKEN
         matches = hmac.compare_digest(expected.encode(), token.encode())
-        return (account if matches else None), True
+        return (_remember(scope, account) if matches and account is not None else None), True
     token = query_params(scope).get("token", "")
     if token:
         account = _account(ingest_token=token)
         expected = account.ingest_token if account is not None else DUMMY_INGEST_TOKEN
         matches = hmac.compare_digest(expected.encode(), token.encode())
-        return (account if matches else None), True
+        return (_remember(scope, account) if matches and account is not None else None), True
     return None, False
 
 

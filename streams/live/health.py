@@ -80,14 +80,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 async def readyz(request: HttpRequest) -> JsonResponse:
     """Whether this process should get new calls, and why not; `tasks` shows a task leak at a glance."""
-    live, limit = admission.live, admission.limit
+    live, limit, used = admission.live, admission.limit, admission.used
     lag = looplag.sustained_lag()
     max_lag = settings.STREAMHUB_READY_MAX_LOOP_LAG_SECONDS
     # the probes block (a query, a PING): in threads, never on the loop that carries the calls
     database = await db_async(database_check)()
     redis_state = await asyncio.to_thread(redis_check) if settings.REDIS_URL else "not configured"
     problems = []
-    if live >= limit:
+    if not admission.ready:  # counted in weight (streams/live/admission.py)
         problems.append("at capacity")
     if max_lag and lag > max_lag:
         problems.append(f"event loop lag {lag * 1000:.0f} ms over {max_lag * 1000:.0f} ms")
@@ -99,7 +99,8 @@ async def readyz(request: HttpRequest) -> JsonResponse:
         "ready": not problems,
         "live_calls": live,
         "capacity": limit,
-        "load": round(live / limit, 3),
+        "weight": used,
+        "load": round(used / limit, 3),
         "loop_lag_ms": round(lag * 1000, 2),
         "database": database,
         "redis": redis_state,

@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import DatabaseError
 
 from streams import control
-from streams.core.gateway import gateway_error
+from streams.core.gateway import GatewayMetadata, gateway_error
+from streams.core.validation import StreamParamError, validate_stream_params
 from streams.live import gateway_auth
 from streams.live.admission import admission
 from streams.live.dbasync import db_async
 from streams.live.session import CallSession
+from streams.live.wsserver import FRAMES_EXTENSION
 from streams.models import Account
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,20 @@ JOIN_ATTEMPTS = 4
 DB_UNAVAILABLE = "hub database unavailable: try again shortly"
 
 
+def bidirectional_flags(meta: GatewayMetadata) -> list[bool]:
+    """Which of the metadata's valid stream requests are bidirectional (what the call will weigh):
+    at most STREAMHUB_MAX_STREAMS_PER_CALL of them, as the rest will be refused."""
+    flags: list[bool] = []
+    for entry in meta.streams:
+        if len(flags) >= settings.STREAMHUB_MAX_STREAMS_PER_CALL:
+            break
+        try:
+            flags.append(validate_stream_params(entry).bidirectional)
+        except StreamParamError:
+            continue
+    return flags
+
+
 class IngestConsumer(AsyncWebsocketConsumer):
     """What every gateway framing shares: auth and admission on the upgrade, control messages."""
 
@@ -61,6 +79,10 @@ class IngestConsumer(AsyncWebsocketConsumer):
     subprotocol: str | None = None  # the one we accepted, of those the gateway offered
     _control_stopping = False
     _group: str | None = None
+    weight = 0.0  # what this call holds of the process's capacity (streams/live/admission.py)
+    # the server's `streamhub.binary_frames` extension (streams/live/wsserver.py), when it has one
+    frames_extension: dict[str, Any] | None = None
+    _send_binary: Callable[[bytes], bool] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve the connection in a task of its own.
@@ -84,6 +106,9 @@ class IngestConsumer(AsyncWebsocketConsumer):
         """
         self.scope = scope
         self.base_send = send
+        self.frames_extension = (scope.get("extensions") or {}).get(FRAMES_EXTENSION)
+        if self.frames_extension is not None:
+            self._send_binary = self.frames_extension["send_binary"]
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         control: asyncio.Task[None] | None = None
         if self.channel_layer is not None:
@@ -172,26 +197,30 @@ class IngestConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        try:
-            admitted = await db_async(gateway_auth.admit)(self.scope)
-        except DatabaseError as exc:
-            log.warning("%s ingest refused: database unavailable (%s)", self.gateway, type(exc).__name__)
-            await self.refuse_unavailable(DB_UNAVAILABLE)
-            return
-        if admitted.retry_after is not None:
-            log.warning("%s ingest refused: too many failed attempts from this address", self.gateway)
-            await self.refuse_throttled(admitted.retry_after)
-            return
-        self.account = admitted.account
+        account = gateway_auth.cached(self.scope)  # a burst from one gateway: one query, not one each
+        if account is None:
+            try:
+                admitted = await db_async(gateway_auth.admit)(self.scope)
+            except DatabaseError as exc:
+                log.warning("%s ingest refused: database unavailable (%s)", self.gateway, type(exc).__name__)
+                await self.refuse_unavailable(DB_UNAVAILABLE)
+                return
+            if admitted.retry_after is not None:
+                log.warning("%s ingest refused: too many failed attempts from this address", self.gateway)
+                await self.refuse_throttled(admitted.retry_after)
+                return
+            account = admitted.account
+        self.account = account
         if self.account is None:
             log.warning("%s ingest refused: missing or wrong credentials", self.gateway)
             await self.close()
             return
         if not admission.try_admit():
-            log.warning("%s ingest refused: at capacity (%d calls)", self.gateway, admission.limit)
+            log.warning("%s ingest refused: at capacity (%d)", self.gateway, admission.limit)
             await self.refuse_at_capacity()
             return
         self.admitted = True
+        self.weight = admission.call_weight(())
         offered = self.scope.get("subprotocols") or []
         self.subprotocol = next((p for p in offered if p in self.subprotocols), None)
         await self.accept(subprotocol=self.subprotocol)
@@ -217,6 +246,11 @@ class IngestConsumer(AsyncWebsocketConsumer):
             await self.send_http_refusal(429, body, ((b"retry-after", str(retry_after).encode()),))
             return
         await self.close()  # daphne: refused before accept, HTTP 403
+
+    async def refuse_weight(self) -> None:
+        """The second step refused the call (its streams weigh more than is free): say so, 4503."""
+        await self.send(text_data=gateway_error("hub at capacity for this call's streams: try another hub process"))
+        await self.close(code=CLOSE_AT_CAPACITY)
 
     async def send_http_refusal(self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         await self.base_send(
@@ -246,12 +280,50 @@ class IngestConsumer(AsyncWebsocketConsumer):
                 log.warning("%s ingest: joining %s failed (%s); retrying", self.gateway, self._group, exc)
                 await asyncio.sleep(0.1 * 2**attempt)
 
+    def admit_weight(self, bidirectional: list[bool]) -> bool:
+        """The second step of admission, once the metadata says what the call's streams are:
+        grow to their weight, or False (nothing was written yet; the caller refuses the call)."""
+        weight = admission.call_weight(bidirectional)
+        if not admission.try_grow(weight - self.weight):
+            log.warning(
+                "%s ingest refused: at capacity (a call of weight %g; %g of %d in use)",
+                self.gateway,
+                weight,
+                admission.used,
+                admission.limit,
+            )
+            return False
+        self.weight = max(weight, self.weight)
+        return True
+
+    def add_weight(self, bidirectional: bool) -> None:
+        """A stream started over REST on this call: its weight counts from now on."""
+        extra = admission.stream_weight(bidirectional)
+        if self.admitted:
+            admission.grow(extra)
+            self.weight += extra
+
+    def take_binary_frames(self, handler: Callable[[bytes], bool] | None) -> None:
+        """Have the server call `handler` with each BINARY message, synchronously, when it can
+        (the frame extension); it returns False for a message that should come through
+        websocket_receive instead. Without the extension (daphne) every message does."""
+        if self.frames_extension is not None:
+            self.frames_extension["set_binary_handler"](handler)
+
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         await self.teardown()
         await super().websocket_disconnect(message)
 
     async def teardown(self) -> None:
-        """End the session, leave the control group, free the admission slot: idempotent."""
+        """Free the admission slot, end the session, leave the control group: idempotent.
+
+        The slot goes first: the gateway is gone, so the call's cost is over, and whoever sees
+        the call ended (its row) can count on its capacity being free."""
+        self.take_binary_frames(None)
+        if self.admitted:
+            admission.release(self.weight)
+            self.admitted = False
+            self.weight = 0.0
         session = self.session
         try:
             if session is not None:
@@ -263,16 +335,14 @@ class IngestConsumer(AsyncWebsocketConsumer):
                     )
         except Exception:
             log.exception("%s ingest: teardown failed", self.gateway)
-        finally:
-            if self.admitted:
-                admission.release()
-                self.admitted = False
 
     # --- control from the service layer (channel layer group call.<uuid>) ---------------
 
     async def stream_start(self, message: dict[str, Any]) -> None:
         if self.session is not None:
-            await self.session.start_stream(message["stream_id"])
+            stream = await self.session.start_stream(message["stream_id"])
+            if stream is not None:
+                self.add_weight(stream.bidirectional)
 
     async def stream_stop(self, message: dict[str, Any]) -> None:
         if self.session is not None:
@@ -285,6 +355,9 @@ class IngestConsumer(AsyncWebsocketConsumer):
     # --- GatewayLink ------------------------------------------------------------------
 
     async def send_audio(self, pcm: bytes) -> None:
+        send_binary = self._send_binary
+        if send_binary is not None and send_binary(pcm):  # written at once (the frame extension)
+            return
         await self.send(bytes_data=pcm)
 
     async def send_text(self, text: str) -> None:

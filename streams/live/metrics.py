@@ -93,6 +93,11 @@ class HubCollector(Collector):
 
         yield GaugeMetricFamily("streamhub_admission_capacity", "STREAMHUB_MAX_CALLS", value=admission.limit)
         yield GaugeMetricFamily(
+            "streamhub_admission_weight",
+            "Capacity the admitted calls hold (a bidirectional stream weighs more)",
+            value=admission.used,
+        )
+        yield GaugeMetricFamily(
             "streamhub_admission_admitted", "Gateway connections holding a slot", value=admission.live
         )
         yield CounterMetricFamily(

@@ -4,9 +4,12 @@ Contract:
 - Audio reaches the relay as 20 ms PCM frames from the call session (`on_audio`, no await,
   no database). Each becomes a `media` message in the SendBuffer at once, from the moment
   the stream exists, so nothing is lost while connecting or retrying (D2).
-- The writer dials `service_url` (1 attempt + 2 retries), sends `start`, then drains the
-  buffer in order. The kernel's share is kept small (SO_SNDBUF, write_limit) so that
-  what waits is counted by the buffer; 30/60/90 % -> DegradedStream, overflow -> drop.
+- The relay dials `service_url` (1 attempt + 2 retries) over picows (WebSocket framing and
+  masking in C, no task or queue per message), sends `start`, then writes the buffer in
+  order from whoever queued to it (`pump`, synchronous) while the socket takes it. The
+  kernel's share is kept small (SO_SNDBUF, the transport's 16 KiB high-water mark) so that
+  what waits is counted by the buffer; 30/60/90 % -> DegradedStream, overflow -> drop. A
+  paused socket resumes the pump from picows' resume_writing.
 - It ends exactly once (`stop`), whoever asks: API request, call hangup, stream timeout,
   connection error; `stream_end` in the service layer makes the end idempotent.
 - Its start and end are written until they succeed (`db_persist`): a database outage
@@ -20,20 +23,29 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.utils import timezone
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.protocol import State
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSHandshakeError,
+    WSInvalidStatusError,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
 
 from streams import services
 from streams.core import framing, plivo
@@ -49,12 +61,21 @@ from streams.models import Stream
 log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.020
-OPEN = State.OPEN
+TEXT, BINARY, CONT, CLOSE, PONG = (
+    WSMsgType.TEXT,
+    WSMsgType.BINARY,
+    WSMsgType.CONTINUATION,
+    WSMsgType.CLOSE,
+    WSMsgType.PONG,
+)
+PING_INTERVAL = 20.0  # keepalive; a customer that stops reading is the D7 buffer's to judge (see _keepalive)
+CLOSE_WAIT = 3.0
 SOCKET_SNDBUF = 32 * 1024  # D7: keep the kernel's share of a backlog small and countable
 WRITE_LIMIT = 16 * 1024
-MAX_MESSAGE = 16 * 1024 * 1024  # D14: beyond this the library closes with 1009
+MAX_MESSAGE = 16 * 1024 * 1024  # D14: beyond this the hub closes with 1009
 DEBUG_EVENT_LIMIT = 200  # per kind of peer-triggered event, then one "suppressed" note
 SAMPLE_EVERY = 1.0
+EVENT_FLUSH_DELAY = 0.5  # debug events are written in batches, at most this late
 MAX_SAMPLES = 3600
 CANCELLED = "the relay was cancelled without a stop request (the hub process is shutting down)"
 FINAL_DRAIN_SECONDS = 2.0  # on a normal end, how long the last queued audio may take to leave
@@ -136,6 +157,133 @@ class RelayHost(Protocol):
         """Ask the gateway to play DTMF; False when it has no such command."""
 
 
+logging.getLogger("picows").setLevel(logging.WARNING)  # one INFO line per connect and disconnect
+
+
+class CustomerLink(WSListener):
+    """The picows callbacks of one relay's customer connection: no task, no queue per message.
+
+    `paused` is True whenever nothing may be written now: before the upgrade, while the
+    transport's buffer is over its high-water mark (picows calls pause_writing from inside
+    send(), so the pump stops at once), and for good once a close frame was sent or the
+    connection is gone.
+    """
+
+    def __init__(self, relay: StreamRelay) -> None:
+        self.relay = relay
+        self.transport: WSTransport | None = None
+        self.paused = True
+        self.send: Callable[[WSMsgType, str], None] = self._not_connected
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.parts: list[bytes] | None = None
+        self.parts_text = True
+        self.parts_size = 0
+        self.close_sent = False
+        self.sent_code: int | None = None
+        self.sent_reason = ""
+        self.last_pong = time.monotonic()
+
+    @staticmethod
+    def _not_connected(kind: WSMsgType, message: str) -> None:
+        raise RuntimeError("not connected")
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        underlying = transport.underlying_transport
+        sock = underlying.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF)
+        underlying.set_write_buffer_limits(high=WRITE_LIMIT)
+        self.send = transport.send
+        self.paused = False
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        if not self.close_sent and self.transport is not None and not self.transport.is_disconnected:
+            self.paused = False
+            self.relay.pump()
+
+    def close(self, code: int, reason: str) -> None:
+        """Send our close frame (once); nothing is written after it."""
+        if self.close_sent or self.transport is None:
+            return
+        self.close_sent, self.paused = True, True
+        self.sent_code, self.sent_reason = code, reason
+        self.transport.send_close(WSCloseCode(code), reason.encode()[:123])
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is TEXT or kind is BINARY:
+            if self.parts is not None:
+                self._fail("a new message inside a fragmented one", WSCloseCode.PROTOCOL_ERROR)
+            elif frame.fin:
+                self._message(frame.get_payload_as_bytes(), kind is TEXT)
+            else:
+                self.parts, self.parts_text = [frame.get_payload_as_bytes()], kind is TEXT
+                self.parts_size = frame.payload_size
+        elif kind is CONT:
+            if self.parts is None:
+                self._fail("a continuation of nothing", WSCloseCode.PROTOCOL_ERROR)
+                return
+            self.parts_size += frame.payload_size
+            if self.parts_size > MAX_MESSAGE:  # D14 across fragments (picows checks each frame)
+                self._fail("message too big", WSCloseCode.MESSAGE_TOO_BIG)
+                return
+            self.parts.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                data, self.parts = b"".join(self.parts), None
+                self._message(data, self.parts_text)
+        elif kind is PONG:
+            self.last_pong = time.monotonic()
+        elif kind is CLOSE:
+            if not self.close_sent:  # the customer closes: echo (picows does not), then drop TCP
+                self.close_sent, self.paused = True, True
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+
+    def _fail(self, reason: str, code: WSCloseCode) -> None:
+        self.parts = None
+        self.close(code.value, reason)
+        assert self.transport is not None
+        self.transport.disconnect()
+
+    def _message(self, data: bytes, text: bool) -> None:
+        relay = self.relay
+        try:
+            message: str | bytes = data.decode() if text else data
+        except UnicodeDecodeError:
+            relay.log_noisy("InvalidMessage", "a text frame that is not UTF-8")
+            return
+        try:
+            relay.on_customer_message(message)
+        except Exception as exc:  # rule 7: bad input never ends the stream
+            log.exception("stream %s: customer message failed", relay.stream_id)
+            relay.log_noisy("InvalidMessage", f"could not handle the message: {type(exc).__name__}")
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.paused = self.close_sent = True
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def describe_end(self) -> str:
+        """Why the connection ended, for the stream's last error."""
+        sent_code, sent_reason = self.sent_code, self.sent_reason  # we closed first (size, keepalive)
+        handshake = self.transport.close_handshake if self.transport is not None else None
+        if sent_code is None and handshake is not None:
+            if handshake.recv is not None:  # the customer closed first
+                return describe_close_code(handshake.recv.code.value, handshake.recv.reason)
+            if handshake.sent is not None:  # picows closed on its own (a frame over max_frame_size)
+                sent_code, sent_reason = handshake.sent.code.value, handshake.sent.reason
+        if sent_code == 1009:
+            return describe_close_code(1009, sent_reason)
+        if sent_code is not None:
+            detail = f" ({sent_reason})" if sent_reason else ""
+            return f"the hub closed the connection with code {sent_code}{detail}"
+        return describe_close_code(None, None)
+
+
 class StreamRelay:
     def __init__(self, *, session: RelayHost, stream: Stream, gateway_rate: int) -> None:
         self.session = session
@@ -167,12 +315,11 @@ class StreamRelay:
         self.seq = 1  # `start` is 1; every later frame takes the next number when it is queued
         self.start_ms = int(time.time() * 1000)
         self.started_mono = time.monotonic()
-        self.ws: ClientConnection | None = None
+        self.link: CustomerLink | None = None
         self.end_reason: str | None = None
         self.end_error = ""
         self.connected = False
         self.started_at: datetime | None = None  # when `start` went out (wall clock)
-        self._idle = False
         self._running = False
         self.frames_sent = 0
         self.bytes_sent = 0  # of the messages' text; with frames_sent, exported by live.metrics
@@ -182,7 +329,7 @@ class StreamRelay:
         self.samples: list[list[float]] = []
         self._next_sample = self.started_mono
         self._sample_every = SAMPLE_EVERY
-        self._wake = asyncio.Event()
+        self._ping: asyncio.TimerHandle | None = None
         self._events: list[tuple[str, str, dict[str, Any]]] = []
         self._event_counts: dict[str, int] = {}
         self._events_wake = asyncio.Event()
@@ -260,24 +407,23 @@ class StreamRelay:
         self._running = True
         try:
             if self.end_reason is None:
-                ws = await self._connect()
-                if ws is not None and self.end_reason is None:
-                    await self._serve(ws)
+                link = await self._connect()
+                if link is not None and self.end_reason is None:
+                    await self._serve(link)
         except asyncio.CancelledError:
             if self.end_reason is None:  # not stop(): the event loop is being shut down
                 log.warning("stream %s: %s", self.stream_id, CANCELLED)
                 self.end_reason, self.end_error = Stream.Reason.CONNECTION_ERROR, CANCELLED
-        except ConnectionClosed as exc:
-            self.stop(Stream.Reason.CONNECTION_ERROR, describe_close(exc))
         except Exception as exc:  # a relay bug must end this stream only, loudly
             log.exception("relay %s failed", self.stream_id)
             self.stop(Stream.Reason.CONNECTION_ERROR, f"internal error: {type(exc).__name__}")
         finally:
             await self._finish()
 
-    async def _connect(self) -> ClientConnection | None:
+    async def _connect(self) -> CustomerLink | None:
         url = self.stream.service_url
         policy = EgressPolicy.from_settings(settings)
+        timeout = settings.STREAMHUB_CONNECT_TIMEOUT
         attempts = 3
         last = ""
         for attempt in range(1, attempts + 1):
@@ -285,24 +431,28 @@ class StreamRelay:
             try:
                 extra: dict[str, Any] = {}
                 if policy.forbid_private_services:
-                    async with asyncio.timeout(settings.STREAMHUB_CONNECT_TIMEOUT):
-                        extra["sock"] = await checked_socket(url, policy)
-                ws = await connect(
-                    url,
-                    additional_headers=upgrade_headers(url, self.stream.account.auth_token),
-                    user_agent_header="streamhub",
-                    open_timeout=settings.STREAMHUB_CONNECT_TIMEOUT,
-                    ssl=_ssl_context(url),
-                    compression=None,
-                    max_size=MAX_MESSAGE,
-                    write_limit=WRITE_LIMIT,
-                    close_timeout=2,
-                    proxy=None,
-                    # A customer that stops reading stops answering pings too: let the D7
-                    # buffer (Degraded 30/60/90, then Dropped) decide, not the keepalive.
-                    ping_interval=20,
-                    ping_timeout=settings.STREAMHUB_STREAM_BUFFER_SECONDS + 20,
-                    **extra,
+                    # resolve once, check every address, connect to a checked one (no DNS-rebinding
+                    # window); picows then speaks TLS (SNI, certificate) and Host with the URL's name
+                    extra["socket_factory"] = lambda _parsed: checked_socket(url, policy)
+                _, link = await asyncio.wait_for(
+                    ws_connect(
+                        lambda: CustomerLink(self),
+                        url,
+                        ssl_context=_ssl_context(url),
+                        extra_headers={
+                            **upgrade_headers(url, self.stream.account.auth_token),
+                            "User-Agent": "streamhub",
+                        },
+                        # also bounds the socket of an upgrade cancelled midway (picows keeps it until then)
+                        websocket_handshake_timeout=timeout,
+                        max_frame_size=MAX_MESSAGE,
+                        enable_auto_ping=False,  # our own keepalive (_keepalive): picows' cannot wait 60 s
+                        enable_auto_pong=True,
+                        max_redirects=0,
+                        use_aiofastnet=False,  # the event loop's own transports and TLS
+                        **extra,
+                    ),
+                    timeout,
                 )
             except asyncio.CancelledError:
                 raise
@@ -318,18 +468,20 @@ class StreamRelay:
                 if attempt < attempts:
                     await asyncio.sleep(settings.STREAMHUB_CONNECT_RETRY_DELAY * attempt)
                 continue
-            sock = ws.transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF)
-            self.ws = ws
+            assert isinstance(link, CustomerLink)
+            self.link = link
             self.log_event("Connected", "", {"Attempt": attempt})
-            return ws
+            return link
         self.stop(Stream.Reason.CONNECTION_ERROR, f"could not connect after {attempts} attempts: {last}")
         return None
 
-    async def _serve(self, ws: ClientConnection) -> None:
+    async def _serve(self, link: CustomerLink) -> None:
         stream = self.stream
-        await ws.send(
+        if link.close_sent:  # gone already
+            self.stop(Stream.Reason.CONNECTION_ERROR, link.describe_end())
+            return
+        link.send(
+            TEXT,
             plivo.start_message(
                 call_id=str(stream.call.call_uuid),
                 stream_id=self.stream_id,
@@ -338,16 +490,30 @@ class StreamRelay:
                 encoding=self.fmt.encoding,
                 sample_rate=self.fmt.rate,
                 extra_headers=stream.extra_headers,
-            )
+            ),
         )
         self.connected = True
         self.started_at = timezone.now()
         self._start_task = self._spawn(self._record_started())  # the audio does not wait for the database
-        reader = self._spawn(self._read(ws))
-        try:
-            await self._write(ws)
-        finally:
-            reader.cancel()
+        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL, self._keepalive)
+        self.pump()  # what was queued while connecting
+        await asyncio.shield(link.closed)
+        # the connection is gone without the hub asking (D5: no reconnect)
+        self.stop(Stream.Reason.CONNECTION_ERROR, link.describe_end())
+
+    def _keepalive(self) -> None:
+        """A ping every 20 s. A customer that stops reading stops answering pings too: the D7
+        buffer (Degraded 30/60/90, then Dropped) decides first, so the pong may be up to the
+        buffer's length + 20 s late before the connection counts as dead."""
+        link = self.link
+        if link is None or link.transport is None or link.close_sent:
+            return
+        if time.monotonic() - link.last_pong > 2 * PING_INTERVAL + settings.STREAMHUB_STREAM_BUFFER_SECONDS:
+            link.close(1011, "keepalive ping timeout")
+            link.transport.disconnect(graceful=False)
+            return
+        link.transport.send_ping()
+        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL, self._keepalive)
 
     async def _record_started(self) -> None:
         """StartStream, retried until written or until the stream ends: then the end's own
@@ -377,63 +543,31 @@ class StreamRelay:
                 pass  # cancelled between tries: nothing of this try reached the database
             self._events[:0] = entries  # not written: they go with the end
 
-    async def _write(self, ws: ClientConnection) -> None:
-        buffer, wake = self.buffer, self._wake
-        while True:
-            while buffer:
-                message = buffer.popleft()
-                await ws.send(message)
-                self.frames_sent += 1
-                self.bytes_sent += len(message)
-            self._idle = True
-            wake.clear()
-            await wake.wait()
-            self._idle = False
-
     def pump(self) -> None:
-        """Write what is queued from the caller's task, without waiting, while the socket takes it.
+        """Write what is queued, from the caller, without waiting, while the socket takes it.
 
-        Saves the writer task a wake-up per frame. It frames with the connection's sans-I/O
-        protocol and hands the bytes to the transport (no drain: this must never block the
-        ingest). Once the transport pauses (the customer is slow) the writer, which does
-        wait for drain, takes over; it is parked while we write, so the wire keeps the
-        buffer's order. websockets is pinned; tests cover this path.
+        picows frames and masks each message in C and writes it straight to the socket (no
+        task, no drain). Once the transport's buffer passes its high-water mark picows calls
+        pause_writing from inside send(), and the loop stops; resume_writing pumps again.
         """
-        ws = self.ws
-        if not self._idle or ws is None or ws.paused or self.end_reason is not None:
-            self._wake.set()
+        link = self.link
+        if link is None or link.paused or self.end_reason is not None:
             return
-        protocol = ws.protocol
-        if protocol.state is not OPEN:
-            self._wake.set()  # the writer's send raises ConnectionClosed and ends the stream
+        self._write_out(link)
+
+    def _write_out(self, link: CustomerLink) -> None:
+        items = self.buffer.items
+        if not items:
             return
-        buffer = self.buffer
-        items = buffer.items
+        popleft, send = self.buffer.popleft, link.send
         sent = size = 0
-        while items and not ws.paused:
-            data = buffer.popleft().encode()
-            protocol.send_text(data)
-            ws.send_data()
+        while items and not link.paused:
+            message = popleft()
+            send(TEXT, message)
+            size += len(message)
             sent += 1
-            size += len(data)
         self.frames_sent += sent
         self.bytes_sent += size
-        if items:
-            self._wake.set()
-
-    async def _read(self, ws: ClientConnection) -> None:
-        try:
-            async for message in ws:
-                try:
-                    self.on_customer_message(message)
-                except Exception as exc:  # rule 7: bad input never ends the stream
-                    log.exception("stream %s: customer message failed", self.stream_id)
-                    self.log_noisy("InvalidMessage", f"could not handle the message: {type(exc).__name__}")
-        except ConnectionClosed as exc:
-            self.stop(Stream.Reason.CONNECTION_ERROR, describe_close(exc))
-            return
-        # a clean close by the customer ends the stream too (D5: no reconnect)
-        self.stop(Stream.Reason.CONNECTION_ERROR, describe_close_code(ws.close_code, ws.close_reason))
 
     async def _finish(self) -> None:
         try:
@@ -451,9 +585,11 @@ class StreamRelay:
         ended_at = timezone.now()  # the end is the stream's, not the (possibly much later) write's
         reason = self.end_reason or Stream.Reason.CONNECTION_ERROR
         self.end_reason = reason
-        ws, self.ws = self.ws, None
-        if ws is not None:
-            await self._close_socket(ws, reason)
+        if self._ping is not None:
+            self._ping.cancel()
+        link, self.link = self.link, None
+        if link is not None:
+            await self._close_socket(link, reason)
         tally.relay_finished(self)
         self.session.relay_finished(self)
         if self.end_error:
@@ -476,24 +612,26 @@ class StreamRelay:
                 log_entries=entries,
             )
 
-    async def _close_socket(self, ws: ClientConnection, reason: str) -> None:
-        slow = self.end_error == services.DROPPED_SLOW
-        if slow:
-            ws.transport.abort()  # a consumer that does not read would stall the closing handshake
+    async def _close_socket(self, link: CustomerLink, reason: str) -> None:
+        transport = link.transport
+        if transport is None or transport.is_disconnected:
             return
+        if self.end_error == services.DROPPED_SLOW:
+            transport.disconnect(graceful=False)  # a consumer that does not read would stall the closing handshake
+            return
+        if self.connected and reason != Stream.Reason.CONNECTION_ERROR and not link.close_sent:
+            # A normal end: the audio still queued and the encoders' tail go out first.
+            self._queue_tail()
+            with contextlib.suppress(TimeoutError):  # a customer that stopped reading: the rest is not sent
+                await asyncio.wait_for(self._drain(link), FINAL_DRAIN_SECONDS)
+        if settings.STREAMHUB_SEND_STOP_FRAME and self.connected and not link.close_sent:
+            self.seq += 1
+            transport.send(TEXT, plivo.stop_message(seq=self.seq, stream_id=self.stream_id, reason=reason))
+        link.close(1000, reason)
         try:
-            if self.connected and reason != Stream.Reason.CONNECTION_ERROR:
-                # A normal end: the audio still queued and the encoders' tail go out first.
-                self._queue_tail()
-                await asyncio.wait_for(self._drain(ws), FINAL_DRAIN_SECONDS)
-            if settings.STREAMHUB_SEND_STOP_FRAME and self.connected:
-                self.seq += 1
-                await asyncio.wait_for(
-                    ws.send(plivo.stop_message(seq=self.seq, stream_id=self.stream_id, reason=reason)), 1
-                )
-            await asyncio.wait_for(ws.close(1000, reason), 3)
-        except (TimeoutError, ConnectionClosed, OSError):
-            ws.transport.abort()
+            await asyncio.wait_for(asyncio.shield(link.closed), CLOSE_WAIT)
+        except TimeoutError:
+            transport.disconnect(graceful=False)
 
     def _queue_tail(self) -> None:
         """The resamplers' remainder as the last frame of each track, padded with silence, so
@@ -506,16 +644,18 @@ class StreamRelay:
                 message = self.template.render(self.seq, track, self.start_ms + 20 * (chunk - 1), chunk, payload)
                 self.buffer.push(message, 0.0, 0.0)
 
-    async def _drain(self, ws: ClientConnection) -> None:
-        buffer = self.buffer
-        while buffer:
-            await ws.send(buffer.popleft())
-            self.frames_sent += 1
+    async def _drain(self, link: CustomerLink) -> None:
+        """Write what is queued while the socket takes it; picows' resume_writing pumps the rest."""
+        while self.buffer.items and not link.close_sent:
+            self._write_out(link)
+            if self.buffer.items:
+                await asyncio.sleep(0.005)
 
     # --- audio path (no await, no database) ------------------------------------------
 
     def on_audio(self, inbound: bytes, outbound: bytes, wake: bool = True) -> None:
-        """Queue 20 ms of call audio; `wake=False` when the caller will `pump()` right after."""
+        """Relay 20 ms of call audio: written at once when nothing waits and the socket takes it,
+        else queued; `wake=False` when the caller will `pump()` right after."""
         if self.end_reason is not None:
             return
         buffer, template, start_ms = self.buffer, self.template, self.start_ms
@@ -524,9 +664,20 @@ class StreamRelay:
             chunk = self._chunk = self._chunk + 1
             seq = self.seq = self.seq + 1
             message = template.render(seq, "inbound", start_ms + 20 * (chunk - 1), chunk, inbound)
-            events = buffer.push(message, FRAME_SECONDS, now)
-            if events:
-                self._on_buffer_events(events)
+            link = self.link
+            # An empty buffer and a socket that takes more: what push + pump would do, without the
+            # round trip through the buffer. (`link` is set just before `start` is written: no
+            # await between the two, so no media can precede it.)
+            if link is not None and not link.paused and not buffer.items:
+                link.send(TEXT, message)
+                self.frames_sent += 1
+                self.bytes_sent += len(message)
+            else:
+                events = buffer.push(message, FRAME_SECONDS, now)
+                if events:
+                    self._on_buffer_events(events)
+                if wake:
+                    self.pump()
         else:
             first = True
             suppressors = self.suppressors
@@ -543,8 +694,8 @@ class StreamRelay:
                     first = False
                     if events:
                         self._on_buffer_events(events)
-        if wake:
-            self._wake.set()
+            if wake:
+                self.pump()
         if now >= self._next_sample:
             self._sample(now)
 
@@ -585,6 +736,9 @@ class StreamRelay:
             self._sample_every *= 2
 
     def _on_buffer_events(self, events: list[Degraded | Overflow]) -> None:
+        # the buffer's picture (stats) records every crossing, not only the once-a-second samples:
+        # a stuck customer can fill the buffer between two of them
+        self._sample(time.monotonic(), force=True)
         for event in events:
             if isinstance(event, Degraded):
                 tally.degraded(event.usage)
@@ -602,7 +756,7 @@ class StreamRelay:
         events = self.buffer.push(message_for_seq(self.seq), 0.0, time.monotonic())
         if events:  # the item bound: a customer that never reads cannot pile these up
             self._on_buffer_events(events)
-        self._wake.set()
+        self.pump()
 
     def on_dtmf(self, digit: str) -> None:
         timestamp = self.start_ms + int((time.monotonic() - self.started_mono) * 1000)
@@ -677,6 +831,9 @@ class StreamRelay:
         delay = RETRY_FIRST_SECONDS
         while True:
             await self._events_wake.wait()
+            # gather what follows (a burst of events is one transaction; the start and the end
+            # take whatever is queued into their own transaction)
+            await asyncio.sleep(EVENT_FLUSH_DELAY)
             self._events_wake.clear()
             if await self._flush_now():
                 delay = RETRY_FIRST_SECONDS
@@ -701,9 +858,9 @@ class StreamRelay:
 
 
 def describe_connect_error(exc: BaseException) -> str:
-    if isinstance(exc, InvalidStatus):
-        return f"server answered HTTP {exc.response.status_code} instead of switching protocols"
-    if isinstance(exc, InvalidHandshake):
+    if isinstance(exc, WSInvalidStatusError) and exc.response is not None:
+        return f"server answered HTTP {int(exc.response.status)} instead of switching protocols"
+    if isinstance(exc, WSHandshakeError):
         return f"WebSocket handshake failed: {exc}"
     if isinstance(exc, TimeoutError):
         return "timed out while connecting"
@@ -721,13 +878,3 @@ def describe_close_code(code: int | None, reason: str | None) -> str:
     if code == 1009:
         return f"the remote service sent a message over {MAX_MESSAGE} bytes: closed with 1009{detail}"
     return f"connection closed by the remote service with code {code}{detail}"
-
-
-def describe_close(exc: ConnectionClosed) -> str:
-    if exc.rcvd is None and exc.sent is not None:  # we closed first (size limit, keepalive)
-        if exc.sent.code == 1009:
-            return describe_close_code(1009, exc.sent.reason)
-        reason = f" ({exc.sent.reason})" if exc.sent.reason else ""
-        return f"the hub closed the connection with code {exc.sent.code}{reason}"
-    frame = exc.rcvd
-    return describe_close_code(frame.code if frame else None, frame.reason if frame else None)

@@ -35,7 +35,7 @@ from streams import services
 from streams.core.audio import Reframer, frame_bytes, silence, split_stereo
 from streams.core.gateway import GatewayMetadata, gateway_error
 from streams.core.playback import MAX_OUTSTANDING_CHECKPOINTS, Pacer, PlaybackQueue, Played, TooManyCheckpoints
-from streams.core.validation import EgressPolicy, StreamParamError, validate_stream_params
+from streams.core.validation import EgressPolicy, StreamParamError, StreamParams, validate_stream_params
 from streams.live.admission import admission
 from streams.live.application import ApplicationRunner
 from streams.live.dbasync import db_async, db_persist
@@ -127,8 +127,23 @@ class CallSession:
         """
         self.set_format(rate=meta.sample_rate, channels=meta.channels)
         self.audio_since = time.time()
-        self.call = await db_async(_open_call)(
-            account=self.account, meta=meta, gateway=self.gateway, server_id=registry.server_id
+        valid: list[tuple[int, StreamParams]] = []
+        refused: list[tuple[int, str]] = []
+        policy = EgressPolicy.from_settings(settings)
+        for index, entry in enumerate(meta.streams):
+            try:
+                params = validate_stream_params(entry, policy=policy)
+            except StreamParamError as exc:
+                refused.append((index, str(exc)))
+                continue
+            valid.append((index, params))
+        # the call and its streams: one transaction, one trip to the database thread
+        self.call, created = await db_async(_open_call)(
+            account=self.account,
+            meta=meta,
+            gateway=self.gateway,
+            server_id=registry.server_id,
+            streams=[params for _, params in valid],
         )
         registry.add(self)
         # this connection's later log lines (bound after registry.add: its heartbeat task is no one call's)
@@ -139,28 +154,20 @@ class CallSession:
             await self.link.send_text(gateway_error(error))
         if self.call.application is not None or meta.app_id:
             self._run_application(meta.app_id)
-        for index, entry in enumerate(meta.streams):
-            try:
-                params = validate_stream_params(entry, policy=EgressPolicy.from_settings(settings))
-            except StreamParamError as exc:
-                log.warning("call %s: stream %d refused: %s", self.call.call_uuid, index, exc)
-                await self.link.send_text(gateway_error(f"streams[{index}] refused: {exc}"))
-                continue
-            try:
-                stream = await db_async(services.stream_create)(call=self.call, params=params, notify_session=False)
-            except services.StreamConflict:
+        for index, reason in refused:
+            log.warning("call %s: stream %d refused: %s", self.call.call_uuid, index, reason)
+            await self.link.send_text(gateway_error(f"streams[{index}] refused: {reason}"))
+        too_many = False
+        for (index, params), stream in zip(valid, created, strict=True):
+            if isinstance(stream, services.StreamConflict):
                 message = f"streams[{index}] refused: an active stream to {params.service_url} exists on this call"
                 await self.link.send_text(gateway_error(message))
                 continue
-            except services.CallNotLive:
-                return self.call
-            except services.TooManyStreams as exc:
-                refused = f"streams[{index}]" if index == len(meta.streams) - 1 else f"streams[{index}..]"
-                await self.link.send_text(gateway_error(f"{refused} refused: {exc}"))
-                break
-            except Exception:
-                log.exception("call %s: stream %d could not be created", self.call.call_uuid, index)
-                await self.link.send_text(gateway_error(f"streams[{index}] refused: internal error"))
+            if isinstance(stream, services.TooManyStreams):
+                if not too_many:  # one frame for all the rest
+                    too_many = True
+                    rest = f"streams[{index}]" if index == len(meta.streams) - 1 else f"streams[{index}..]"
+                    await self.link.send_text(gateway_error(f"{rest} refused: {stream}"))
                 continue
             stream.account, stream.call = self.account, self.call
             self.add_relay(stream)
@@ -217,13 +224,15 @@ class CallSession:
         for inbound, outbound in recent:
             relay.on_audio(inbound, outbound, False)
 
-    async def start_stream(self, stream_id: str) -> None:
+    async def start_stream(self, stream_id: str) -> Stream | None:
         """A stream created elsewhere (REST, admin) on this call: dial it from here."""
         if self.call is None or self.ended:
-            return
-        stream = await db_async(_load_stream)(call=self.call, stream_id=stream_id)
-        if stream is not None:
-            self.add_relay(stream, backfill=True)
+            return None
+        stream: Stream | None = await db_async(_load_stream)(call=self.call, stream_id=stream_id)
+        if stream is None or str(stream.stream_id) in self.relays:
+            return None
+        self.add_relay(stream, backfill=True)
+        return stream
 
     def _backfill(self, relay: StreamRelay, stream: Stream) -> None:
         """D2 for streams created in another process: the call audio since the row was created
@@ -257,10 +266,8 @@ class CallSession:
     # --- gateway -> streams (hot path: no await, no database) ---------------------------
 
     def feed_audio_and_pump(self, data: bytes) -> None:
-        """feed_audio, then write from this task what the customer sockets take at once."""
-        self.feed_audio(data, wake=False)
-        for relay in self._relay_list:
-            relay.pump()
+        """feed_audio: each relay writes what its customer socket takes at once (see on_audio)."""
+        self.feed_audio(data)
 
     def feed_audio(self, data: bytes, wake: bool = True) -> None:
         if len(data) % (2 * self.channels):
@@ -517,8 +524,11 @@ class CallSession:
         return task
 
 
-def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str, server_id: str) -> Call:
+def _open_call(
+    *, account: Account, meta: GatewayMetadata, gateway: str, server_id: str, streams: list[StreamParams]
+) -> tuple[Call, list[Stream | services.StreamConflict | services.TooManyStreams]]:
     """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one.
+    The metadata's streams are created with the call, in its transaction.
 
     The call's application is chosen here too (services.application_for_call); a named app
     that is not the account's leaves the call without one (the runner reports it).
@@ -552,13 +562,14 @@ def _open_call(*, account: Account, meta: GatewayMetadata, gateway: str, server_
         "metadata": metadata,
         "application": application,
         "server_id": server_id,
+        "streams": streams,
     }
     if candidate is not None and not Call.objects.filter(call_uuid=candidate).exists():
         try:
-            return services.call_open(call_uuid=candidate, **kwargs)
+            return services.call_open_with_streams(call_uuid=candidate, **kwargs)
         except IntegrityError:
             pass
-    return services.call_open(call_uuid=uuid.uuid4(), **kwargs)
+    return services.call_open_with_streams(call_uuid=uuid.uuid4(), **kwargs)
 
 
 def _load_stream(*, call: Call, stream_id: str) -> Stream | None:

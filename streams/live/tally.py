@@ -13,7 +13,7 @@ import ssl
 from collections import Counter
 from typing import Protocol
 
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from picows import WSHandshakeError, WSInvalidStatusError
 
 from streams import services
 from streams.models import Stream
@@ -51,9 +51,9 @@ tally = Tally()
 
 def connect_failure_cause(exc: BaseException) -> str:
     """A label for why dialing the customer failed (mirrors relay.describe_connect_error)."""
-    if isinstance(exc, InvalidStatus):
+    if isinstance(exc, WSInvalidStatusError):
         return "http_status"
-    if isinstance(exc, InvalidHandshake):
+    if isinstance(exc, WSHandshakeError):
         return "handshake"
     if isinstance(exc, TimeoutError):
         return "timeout"

@@ -12,7 +12,7 @@ import websockets
 from streams.models import Account, Call
 from tests.conftest import Proc
 from tests.e2e.test_relay import gateway_for
-from tests.support import db, eventually, ramp
+from tests.support import Customer, db, eventually, ramp
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -52,3 +52,39 @@ async def test_calls_beyond_capacity_are_refused_with_a_reason_and_readyz_tells_
     await third.send(ramp(160))
     await eventually(db(lambda: Call.objects.filter(status="live", from_number="+3").exists()))
     await third.close()
+
+
+@pytest.mark.both_servers
+async def test_a_call_is_admitted_by_weight_once_its_metadata_says_what_its_streams_cost(
+    hub_factory: object, account: Account
+) -> None:
+    """Capacity 2: a one-way call weighs 1, a bidirectional one 2. The bidirectional call's
+    connection fits (one unit), its metadata does not: refused with 4503 and a reason, before
+    any row is written; a one-way call still fits after it."""
+    hub: Proc = hub_factory(STREAMHUB_MAX_CALLS="2")  # type: ignore[operator]
+    async with Customer() as customer:
+        first = await gateway_for(hub, account).open({"from": "+1", "streams": [{"serviceUrl": customer.url}]})
+        await first.send(ramp(160))
+        await eventually(db(lambda: Call.objects.filter(status="live").count() == 1))
+
+        heavy = await gateway_for(hub, account).open(
+            {"from": "+2", "streams": [{"serviceUrl": customer.url, "bidirectional": True}]}
+        )
+        await eventually(lambda: heavy.ws is not None and heavy.ws.close_code is not None)
+        assert heavy.ws is not None and heavy.ws.close_code == 4503
+        assert any(
+            json.loads(m)["data"]["error"].startswith("hub at capacity for this call's streams")
+            for m in heavy.received
+            if isinstance(m, str)
+        )
+        assert not await db(lambda: Call.objects.filter(from_number="+2").exists())()
+        ready = await asyncio.to_thread(requests.get, f"{hub.http}/readyz", timeout=5)
+        assert ready.status_code == 200 and ready.json()["weight"] == 1.0  # the refused call's unit is free again
+
+        light = await gateway_for(hub, account).open({"from": "+3", "streams": [{"serviceUrl": customer.url}]})
+        await light.send(ramp(160))
+        await eventually(db(lambda: Call.objects.filter(status="live", from_number="+3").exists()))
+        full = await asyncio.to_thread(requests.get, f"{hub.http}/readyz", timeout=5)
+        assert full.status_code == 503 and full.json()["weight"] == 2.0 and full.json()["load"] == 1.0
+        await first.close()
+        await light.close()

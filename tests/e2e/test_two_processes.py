@@ -4,13 +4,18 @@ the call's sockets live in hub A."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
 
 import pytest
 import requests
 from django.conf import settings
 
+from streamhub.servers import hub_command
 from streams.models import Account, Call, Stream
-from tests.conftest import Proc
+from tests.conftest import Proc, _spawn, free_port, server_env
 from tests.e2e.test_relay import ended_stream, gateway_for
 from tests.support import Customer, db, eventually, ramp
 
@@ -66,3 +71,56 @@ async def test_start_stop_and_hangup_on_one_process_reach_a_call_held_by_another
         await gw.close()
     rows = await db(lambda: list(Stream.objects.filter(account=account).values_list("status", flat=True)))()
     assert sorted(rows) == ["stopped", "stopped"]
+
+
+async def test_one_port_served_by_two_uvicorn_workers_keeps_rest_control_across_them(
+    tmp_path: Path, account: Account
+) -> None:
+    """`uvicorn --workers 2` (one process per core, one port): calls land on both workers, each
+    under its own server id, and REST requests, served by either, stop streams and hang up calls
+    held by the other."""
+    port = free_port()
+    env = server_env(STREAMHUB_SERVER_ID="multi-{pid}")
+    hub = _spawn("hub-workers", hub_command("uvicorn", port, workers=2), env, tmp_path)
+    hub.port = port
+    try:
+        await eventually(lambda: _healthy(hub), timeout=30)
+        async with Customer() as customer:
+            gateways = []
+            for i in range(40):  # the kernel picks the worker: open calls until both hold some
+                gw = await gateway_for(hub, account).open({"from": f"+{i}", "streams": [{"serviceUrl": customer.url}]})
+                await gw.send(ramp(160))
+                gateways.append(gw)
+                await eventually(db(lambda n=i + 1: Call.objects.filter(status="live").count() == n))
+                servers = await db(lambda: set(Call.objects.values_list("server_id", flat=True)))()
+                if len(servers) == 2 and i >= 3:
+                    break
+            assert len(servers) == 2 and all(s.startswith("multi-") for s in servers)
+            await eventually(lambda: len(customer.events("start")) == len(gateways))
+            # every call, whichever worker holds it: stop its stream, then hang it up, over REST
+            calls = await db(lambda: list(Call.objects.filter(status="live")))()
+            for call in calls:
+                stream = await db(lambda c=call: Stream.objects.get(call=c))()
+                response = await asyncio.to_thread(
+                    api, hub, account, "DELETE", f"Call/{call.call_uuid}/Stream/{stream.stream_id}/"
+                )
+                assert response.status_code == 204, response.text
+                response = await asyncio.to_thread(api, hub, account, "DELETE", f"Call/{call.call_uuid}/")
+                assert response.status_code == 204, response.text
+            for gw in gateways:
+                await eventually(lambda g=gw: g.ws is not None and g.ws.close_code is not None, timeout=15)
+            reasons = await db(lambda: list(Stream.objects.values_list("hangup_reason", flat=True)))()
+            assert reasons == ["API request"] * len(gateways)
+            assert not await db(lambda: Call.objects.filter(status="live").exists())()
+    finally:
+        hub.stop()  # the supervisor ends its workers on SIGTERM; if it had to be killed, they go with its group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(hub.popen.pid, signal.SIGKILL)
+        print(f"----- {hub.name} log -----\n{hub.log()[-20000:]}")
+
+
+def _healthy(hub: Proc) -> bool:
+    try:
+        return requests.get(f"{hub.http}/healthz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
