@@ -37,12 +37,14 @@ def hub_command(
     quiet: bool = False,
     ws: str | None = None,
     workers: int = 1,
+    application: str = APPLICATION,
 ) -> list[str]:
     """The command line of one hub process on 127.0.0.1:`port`; `quiet` logs warnings only;
     `ws` replaces uvicorn's WebSocket protocol (the bench compares them); `workers` > 1 runs
-    that many uvicorn worker processes on the one port (one per core; they need REDIS_URL)."""
+    that many uvicorn worker processes on the one port (one per core; they need REDIS_URL);
+    `application` replaces the ASGI application (a test wraps the hub's)."""
     if server == "daphne":
-        return [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APPLICATION]
+        return [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), application]
     if server != "uvicorn":
         raise ValueError(f"unknown server {server!r}: choose one of {', '.join(SERVERS)}")
     log = ["--log-level", "warning"] if quiet else []
@@ -51,4 +53,4 @@ def hub_command(
     if ws is not None:
         flags[flags.index("--ws") + 1] = ws
     many = ["--workers", str(workers)] if workers > 1 else []
-    return [python, "-m", "uvicorn", *listen, *flags, *many, "--no-access-log", *log, APPLICATION]
+    return [python, "-m", "uvicorn", *listen, *flags, *many, "--no-access-log", *log, application]

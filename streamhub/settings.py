@@ -296,6 +296,9 @@ STREAMHUB_WORKER_METRICS_PORT = env_int("STREAMHUB_WORKER_METRICS_PORT", default
 STREAMHUB_WORKER_METRICS_ADDR = os.getenv("STREAMHUB_WORKER_METRICS_ADDR") or "127.0.0.1"
 # /readyz says 503 once the event loop runs callbacks this late (seconds): the process is overloaded.
 STREAMHUB_READY_MAX_LOOP_LAG_SECONDS = env_float("STREAMHUB_READY_MAX_LOOP_LAG_SECONDS", default=0.5, minimum=0.0)
+# The loop-lag guard: new calls are refused while the event loop's sustained lag is over this
+# (seconds), until it falls under half of it; /readyz says 503 meanwhile. 0 turns it off.
+STREAMHUB_ADMIT_MAX_LOOP_LAG_SECONDS = env_float("STREAMHUB_ADMIT_MAX_LOOP_LAG_SECONDS", default=0.05, minimum=0.0)
 # Each hub process publishes its live calls' state for the console's live page this often.
 STREAMHUB_LIVE_SNAPSHOT_SECONDS = env_float("STREAMHUB_LIVE_SNAPSHOT_SECONDS", default=2.0, minimum=0.2)
 

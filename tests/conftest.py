@@ -25,7 +25,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 
-from streamhub.servers import SERVERS, hub_command
+from streamhub.servers import APPLICATION, SERVERS, hub_command
 from streams.models import Account
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], tmp: Path) -> Proc:
 
 def start_hub(tmp: Path, name: str = "hub", *, server: str = "daphne", **overrides: Any) -> Proc:
     port = free_port()
-    cmd = hub_command(server, port)
+    cmd = hub_command(server, port, application=overrides.pop("application", APPLICATION))
     proc = _spawn(name, cmd, server_env(**{"STREAMHUB_SERVER_ID": f"{name}-{port}", **overrides}), tmp)
     proc.port = port
     deadline = time.monotonic() + 30

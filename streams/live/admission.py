@@ -10,12 +10,21 @@ on the upgrade (refused: HTTP 503 under uvicorn, close 4503 under daphne), then,
 anything is written to the database, the call grows to its streams' weight or is refused
 (close 4503 with a reason). Streams started later over REST add their weight to the call
 (they are never refused: the call is already here).
+
+Capacity is an estimate; the event loop's lag is the measurement. The loop-lag guard refuses
+new connections (same refusal as at capacity, with its own reason) while the loop's sustained
+lag (`looplag.sustained_lag()`: the median of the last second's ticks) is over
+STREAMHUB_ADMIT_MAX_LOOP_LAG_SECONDS (50 ms by default), and keeps refusing until it has
+recovered to half of that: admitted calls keep their latency when the configured capacity
+was too generous for this machine, and a loop near the limit does not flap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from streams.live import looplag
 
 CONNECTION_WEIGHT = 1.0
 
@@ -27,7 +36,24 @@ class Admission:
     live: int = 0  # admitted connections
     used: float = 0.0  # their weight
     admitted_total: int = 0  # since the process started, for /metrics
-    refused_total: int = 0
+    refused_total: int = 0  # all refusals, the loop-lag guard's included
+    max_lag: float = 0.0  # seconds of sustained loop lag that stop admission; 0 turns the guard off
+    lag_source: Callable[[], float] = field(default=looplag.sustained_lag, repr=False)
+    lagging: bool = False  # the guard is refusing, until the lag falls under max_lag / 2
+    lag_refused_total: int = 0
+
+    def overloaded(self) -> bool:
+        """The loop-lag guard: whether the loop lags too much to take another call now."""
+        if not self.max_lag:
+            return False
+        lag = self.lag_source()
+        self.lagging = lag > (self.max_lag / 2 if self.lagging else self.max_lag)
+        return self.lagging
+
+    def refuse_overloaded(self) -> None:
+        """Count a connection refused by the loop-lag guard."""
+        self.refused_total += 1
+        self.lag_refused_total += 1
 
     def try_admit(self) -> bool:
         """The first step, on the upgrade: one connection of the smallest weight."""
@@ -71,16 +97,27 @@ class Admission:
 def _from_settings() -> Admission:
     from django.conf import settings
 
-    return Admission(limit=settings.STREAMHUB_MAX_CALLS, bidi_weight=settings.STREAMHUB_BIDI_STREAM_WEIGHT)
+    return Admission(
+        limit=settings.STREAMHUB_MAX_CALLS,
+        bidi_weight=settings.STREAMHUB_BIDI_STREAM_WEIGHT,
+        max_lag=settings.STREAMHUB_ADMIT_MAX_LOOP_LAG_SECONDS,
+    )
 
 
 class _Lazy:
     _value: Admission | None = None
 
-    def __getattr__(self, name: str) -> object:
+    @staticmethod
+    def _get() -> Admission:
         if _Lazy._value is None:
             _Lazy._value = _from_settings()
-        return getattr(_Lazy._value, name)
+        return _Lazy._value
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._get(), name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(self._get(), name, value)
 
 
 admission: Admission = _Lazy()  # type: ignore[assignment]

@@ -89,7 +89,9 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     problems = []
     if not admission.ready:  # counted in weight (streams/live/admission.py)
         problems.append("at capacity")
-    if max_lag and lag > max_lag:
+    if admission.overloaded():  # the loop-lag guard refuses new calls (streams/live/admission.py)
+        problems.append(f"event loop lag {lag * 1000:.0f} ms: refusing new calls until it recovers")
+    elif max_lag and lag > max_lag:
         problems.append(f"event loop lag {lag * 1000:.0f} ms over {max_lag * 1000:.0f} ms")
     if database != "ok":
         problems.append(f"database {database}")

@@ -51,6 +51,7 @@ CONTROL_STOP_SECONDS = 2.0  # per cancellation of the control task, at most thre
 CONTROL_RETRY_MAX_SECONDS = 5.0
 JOIN_ATTEMPTS = 4
 DB_UNAVAILABLE = "hub database unavailable: try again shortly"
+OVERLOADED = "hub overloaded (event loop lagging): try another hub process"
 
 
 def bidirectional_flags(meta: GatewayMetadata) -> list[bool]:
@@ -214,6 +215,16 @@ class IngestConsumer(AsyncWebsocketConsumer):
         if self.account is None:
             log.warning("%s ingest refused: missing or wrong credentials", self.gateway)
             await self.close()
+            return
+        if admission.overloaded():
+            admission.refuse_overloaded()
+            log.warning(
+                "%s ingest refused: event loop lagging (sustained %.0f ms, limit %.0f ms)",
+                self.gateway,
+                admission.lag_source() * 1000,
+                admission.max_lag * 1000,
+            )
+            await self.refuse_unavailable(OVERLOADED, code=CLOSE_AT_CAPACITY)
             return
         if not admission.try_admit():
             log.warning("%s ingest refused: at capacity (%d)", self.gateway, admission.limit)

@@ -104,7 +104,19 @@ class HubCollector(Collector):
             "streamhub_admission_accepted", "Gateway connections admitted", value=admission.admitted_total
         )
         yield CounterMetricFamily(
-            "streamhub_admission_refusals", "Gateway connections refused at capacity", value=admission.refused_total
+            "streamhub_admission_refusals",
+            "Gateway connections refused (at capacity, or by the loop-lag guard)",
+            value=admission.refused_total,
+        )
+        yield CounterMetricFamily(
+            "streamhub_admission_lag_refusals",
+            "Gateway connections refused by the loop-lag guard (the event loop lagged)",
+            value=admission.lag_refused_total,
+        )
+        yield GaugeMetricFamily(
+            "streamhub_admission_lagging",
+            "1 while the loop-lag guard refuses new calls",
+            value=int(admission.overloaded()),
         )
 
         t = tally.tally

@@ -88,3 +88,59 @@ async def test_a_call_is_admitted_by_weight_once_its_metadata_says_what_its_stre
         assert full.status_code == 503 and full.json()["weight"] == 2.0 and full.json()["load"] == 1.0
         await first.close()
         await light.close()
+
+
+async def _readyz(hub: Proc) -> requests.Response:
+    return await asyncio.to_thread(requests.get, f"{hub.http}/readyz", timeout=10)
+
+
+@pytest.mark.both_servers
+async def test_the_loop_lag_guard_refuses_new_calls_while_the_loop_lags_and_admits_again_once_it_recovers(
+    hub_factory: object, account: Account, hub_server: str
+) -> None:
+    """Capacity says yes, the loop says no: new calls are refused (503 / 4503 with a reason) and
+    /readyz is 503 while the loop's sustained lag is over 50 ms; the call already here stays;
+    once the loop recovers calls are admitted again."""
+    hub: Proc = hub_factory(  # type: ignore[operator]
+        application="tests.e2e.lagging_asgi:application", STREAMHUB_ADMIT_MAX_LOOP_LAG_SECONDS="0.05"
+    )
+    first = await gateway_for(hub, account).open({"from": "+1"})
+    await first.send(ramp(160))
+    await eventually(db(lambda: Call.objects.filter(status="live").count() == 1))
+
+    await asyncio.to_thread(requests.get, f"{hub.http}/test/lag?ms=200", timeout=10)
+
+    async def refusing() -> bool:
+        ready = await _readyz(hub)
+        return ready.status_code == 503 and any("refusing new calls" in p for p in ready.json()["problems"])
+
+    assert await eventually(refusing, timeout=30, interval=0.2)
+    if hub_server == "uvicorn":
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await gateway_for(hub, account).open({"from": "+2"})
+        assert info.value.response.status_code == 503
+        assert info.value.response.body.startswith(b"hub overloaded (event loop lagging)")
+    else:
+        second = await gateway_for(hub, account).open()  # refused right after the upgrade: nothing to send
+        await eventually(lambda: second.ws is not None and second.ws.close_code is not None, timeout=30)
+        assert second.ws is not None and second.ws.close_code == 4503
+        assert any(
+            json.loads(m)["data"]["error"].startswith("hub overloaded") for m in second.received if isinstance(m, str)
+        )
+    assert "ingest refused: event loop lagging" in hub.log()
+    assert await db(lambda: Call.objects.count())() == 1  # the refused call never existed
+    assert await db(lambda: Call.objects.get(from_number="+1").status)() == "live"  # the admitted call stays
+
+    await asyncio.to_thread(requests.get, f"{hub.http}/test/lag?ms=0", timeout=10)
+
+    async def ready() -> bool:
+        return (await _readyz(hub)).status_code == 200
+
+    assert await eventually(ready, timeout=30, interval=0.2)
+    metrics = (await asyncio.to_thread(requests.get, f"{hub.http}/metrics", timeout=10)).text
+    assert "streamhub_admission_lag_refusals_total 1.0" in metrics
+    third = await gateway_for(hub, account).open({"from": "+3"})
+    await third.send(ramp(160))
+    await eventually(db(lambda: Call.objects.filter(status="live", from_number="+3").exists()))
+    await first.close()
+    await third.close()

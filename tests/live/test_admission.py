@@ -26,3 +26,24 @@ def test_a_call_weighs_at_least_its_connection_and_streams_over_rest_always_coun
     assert adm.used == 3.5 and not adm.ready
     adm.release(3.5)
     assert adm.ready
+
+
+def test_the_loop_lag_guard_refuses_over_its_limit_and_until_the_lag_is_half_of_it() -> None:
+    lag = [0.0]
+    adm = Admission(limit=10, max_lag=0.05, lag_source=lambda: lag[0])
+    assert not adm.overloaded()
+    lag[0] = 0.049
+    assert not adm.overloaded()  # under the limit
+    lag[0] = 0.051
+    assert adm.overloaded() and adm.lagging
+    lag[0] = 0.03
+    assert adm.overloaded()  # recovering, not yet recovered: no flapping around the limit
+    lag[0] = 0.024
+    assert not adm.overloaded() and not adm.lagging
+    adm.refuse_overloaded()
+    assert adm.refused_total == adm.lag_refused_total == 1 and adm.used == 0  # a refusal holds no capacity
+
+
+def test_the_loop_lag_guard_is_off_at_zero() -> None:
+    adm = Admission(limit=1, max_lag=0.0, lag_source=lambda: 10.0)
+    assert not adm.overloaded() and adm.try_admit()
