@@ -99,7 +99,8 @@ def test_the_orphan_sweep_sends_the_hangup_request_of_a_lost_process(account: Ac
     call = services.call_open(account=account, call_uuid=uuid.uuid4(), application=app)
     old = timezone.now() - timedelta(hours=1)
     Call.objects.filter(pk=call.pk).update(started_at=old, server_id="gone")
-    HubProcess.objects.create(server_id="gone", heartbeat_at=old)
+    # suspected an hour ago and silent since: this sweep fences it and ends its calls
+    HubProcess.objects.create(server_id="gone", heartbeat_at=old, suspected_at=old)
     orphans.streams_close_orphaned()
     delivery = CallbackDelivery.objects.get(call=call)
     assert (delivery.params["HangupSource"], delivery.params["HangupCauseName"]) == ("Unknown", "Hub Process Lost")

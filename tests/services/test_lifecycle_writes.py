@@ -87,7 +87,9 @@ def test_the_end_takes_the_last_debug_rows_and_the_counters_into_its_transaction
 def test_ending_the_call_reads_nothing_it_does_not_need(stream: Stream) -> None:
     services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
     call = stream.call
-    with statements(2):  # the streams still open (none), the conditional UPDATE
+    # the call's row read under its lock, the conditional UPDATE, the streams still open (none);
+    # no read of the account, the application or the streams' calls
+    with statements(3):
         services.call_end(call=call, notify_session=False)
     assert call.status == Call.Status.ENDED and Call.objects.get(pk=call.pk).status == Call.Status.ENDED
     again = Call.objects.get(pk=call.pk)
