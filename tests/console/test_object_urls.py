@@ -16,7 +16,7 @@ from streams.models import Call, Stream
 
 STREAM_PAGES = ("debug-logs", "stop")
 CALL_PAGES = ("hangup", "start-stream")
-NOT_IDS = ("abc", "12abc", "１２", "9" * 40, str(uuid.uuid4()), "-1", "%20")
+NOT_IDS = ("abc", "12abc", "１２", "9" * 40, "2a052712-45f4-4281-b880-5961999004cb", "-1", "%20")
 
 
 def url(model: str, object_id: object, page: str) -> str:

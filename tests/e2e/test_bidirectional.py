@@ -59,7 +59,9 @@ async def test_played_stream_follows_the_last_frame_and_audio_is_exact(hub: Proc
     assert {len(m) for _, m in frames} == {320}
     first, last = frames[0][0], frames[-1][0]
     acked = customer.times["one-second"]
-    assert acked >= last - 0.005, "playedStream before the clip's last frame left"
+    # Two sockets read by one test process: which reader runs first is the test's scheduling, not
+    # the hub's order, so allow less than one frame period (a playedStream a frame early still fails).
+    assert acked >= last - 0.015, "playedStream before the clip's last frame left"
     assert acked - last <= 0.040
     assert 0.90 <= acked - first <= 1.10  # ~980 ms after the first frame (D10)
     played = next(m for m in customer.messages if m.get("event") == "playedStream")
