@@ -100,18 +100,16 @@ def test_readyz_reports_database_redis_and_loop_lag_and_is_503_past_the_lag_thre
 
     assert body["redis"] == ("ok" if settings.REDIS_URL else "not configured")
     looplag.lag.recent.extend([0.8] * looplag.RECENT_TICKS)
+    admission.max_lag = 0.05  # the guard as deployed (the suite turns it off: tests/conftest.py)
     with override_settings(STREAMHUB_READY_MAX_LOOP_LAG_SECONDS=0.5):
         response = client.get("/readyz")
     assert response.status_code == 503  # the loop-lag guard (50 ms) refuses calls: readiness follows
     assert response.json()["problems"] == ["event loop lag 800 ms: refusing new calls until it recovers"]
-    guard, admission.max_lag = admission.max_lag, 0.0  # the guard off: readiness keeps its own limit
-    try:
-        with override_settings(STREAMHUB_READY_MAX_LOOP_LAG_SECONDS=0.5):
-            assert client.get("/readyz").json()["problems"] == ["event loop lag 800 ms over 500 ms"]
-        with override_settings(STREAMHUB_READY_MAX_LOOP_LAG_SECONDS=1.0):
-            assert client.get("/readyz").status_code == 200
-    finally:
-        admission.max_lag = guard
+    admission.max_lag = 0.0  # the guard off: readiness keeps its own limit
+    with override_settings(STREAMHUB_READY_MAX_LOOP_LAG_SECONDS=0.5):
+        assert client.get("/readyz").json()["problems"] == ["event loop lag 800 ms over 500 ms"]
+    with override_settings(STREAMHUB_READY_MAX_LOOP_LAG_SECONDS=1.0):
+        assert client.get("/readyz").status_code == 200
 
 
 @pytest.mark.slow

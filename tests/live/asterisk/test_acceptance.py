@@ -90,6 +90,8 @@ async def test_audio_reaches_the_customer_byte_for_byte_and_the_caller_hanging_u
     assert {len(p) for p in payloads(customer)} == {320}
     assert (stream.status, stream.hangup_reason) == ("stopped", "Call hangup")
     assert [e[0] for e in await db(events_of)(stream)][-1] == "StopStream"
+    # the session ends the call once its relays have drained and ended their streams: not before them
+    await eventually(db(lambda: Call.objects.filter(call_uuid=call_id, status="ended").exists()))
     call = await db(Call.objects.get)(call_uuid=call_id)
     assert (call.status, call.from_number, call.to_number) == ("ended", "+14155550100", "+14155550199")
     assert call.gateway == driver.kind
