@@ -530,13 +530,16 @@ class StartStreamForm(forms.Form):
     keep_call_alive = forms.BooleanField(required=False)
     noise_cancellation = forms.BooleanField(required=False)
     noise_cancellation_level = forms.CharField(initial="85", help_text="60–100")
+    reconnect = forms.BooleanField(required=False, help_text="resume the stream after a dropped connection")
+    reconnect_window = forms.CharField(required=False, help_text="seconds, 1–40, only with reconnect (empty: 10)")
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if self.errors:
             return data
+        given = {key: value for key, value in data.items() if not (key == "reconnect_window" and value == "")}
         try:
-            self.params = validate_stream_params(data, policy=EgressPolicy.from_settings(settings))
+            self.params = validate_stream_params(given, policy=EgressPolicy.from_settings(settings))
         except StreamParamError as exc:
             for field, message in exc.errors.items():
                 self.add_error(field if field in self.fields else None, f"{field} {message}")
