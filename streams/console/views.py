@@ -112,7 +112,7 @@ def stream_timeline(stream: Stream, events: Sequence[StreamEvent]) -> SafeString
     marks = [
         timeline.Mark(
             at=offset_seconds(stream.created_at, event.timestamp),
-            label=event.event + (f" {event.params['BufferUsage']} %" if _usage(event) else ""),
+            label=_label(event),
             kind=timeline.kind_for(event.event, event.error),
             detail=event.error,
         )
@@ -126,6 +126,13 @@ def stream_timeline(stream: Stream, events: Sequence[StreamEvent]) -> SafeString
     )
     # timeline.render escapes every piece of text it writes.
     return mark_safe(svg)  # noqa: S308
+
+
+def _label(event: StreamEvent) -> str:
+    params = event.params if isinstance(event.params, dict) else {}
+    if event.event == "DegradedStream" and "ConnectionState" in params:  # a drop or a resume (docs/resume.md)
+        return f"{event.event} {params['ConnectionState']}"
+    return event.event + (f" {params['BufferUsage']} %" if _usage(event) else "")
 
 
 def _usage(event: StreamEvent) -> bool:
