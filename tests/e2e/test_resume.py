@@ -232,3 +232,43 @@ async def test_a_customer_closing_with_1000_is_not_resumed(driver: GatewayDriver
     assert customer.attempts == 1
     assert (stream.status, stream.hangup_reason, stream.resumes) == ("failed", "Connection error", 0)
     assert "1000" in stream.last_error
+
+
+async def test_a_hangup_during_the_window_ends_the_stream_normally_once(
+    driver: GatewayDriver, account: Account
+) -> None:
+    call_id = str(uuid.uuid4())
+    async with DroppingCustomer(drop_after=0.5, away=None) as customer:
+        await driver.open([{"serviceUrl": customer.url, "reconnect": True, "reconnectWindow": 30}], call_id=call_id)
+        await eventually(lambda: customer.events("start"))
+        talking = asyncio.get_running_loop().create_task(driver.talk(ramp(8000 * 10)))
+        await eventually(lambda: customer.refused >= 1, timeout=15)
+        talking.cancel()
+        await driver.hang_up()
+        stream = await ended_stream(call__call_uuid=call_id)
+    assert (stream.status, stream.hangup_reason, stream.resumes) == ("stopped", "Call hangup", 0)
+    names = [name for name, _, _ in await db(events_of)(stream)]
+    assert names.count("StopStream") == 1 and "DroppedStream" not in names
+
+
+async def test_both_tracks_resume_each_from_its_own_next_chunk(hub: Proc, account: Account) -> None:
+    driver = make_driver("audio-fork", hub, account)
+    call_id = str(uuid.uuid4())
+    async with DroppingCustomer(drop_after=1.0, away=1.0) as customer:
+        await driver.open(
+            [{"serviceUrl": customer.url, "audioTrack": "both", "reconnect": True, "reconnectWindow": 10}],
+            call_id=call_id,
+        )
+        await eventually(lambda: customer.events("start"))
+        await driver.talk(ramp(8000 * 4))
+        await eventually(lambda: len(customer.connections) == 2 and len(customer.events("media")) >= 400, timeout=30)
+        await driver.hang_up()
+        await ended_stream(call__call_uuid=call_id)
+    resume = customer.connections[1][0]["start"]["resume"]
+    frames = frames_after_start(customer)
+    assert [m["sequenceNumber"] for m in frames] == list(range(2, 2 + len(frames)))
+    after = [m for m in customer.connections[1][1:] if m["event"] == "media"]
+    for track in ("inbound", "outbound"):
+        chunks = [m["media"]["chunk"] for m in frames if m["event"] == "media" and m["media"]["track"] == track]
+        assert chunks == list(range(1, 1 + len(chunks)))  # each chunk once, in order, across both connections
+        assert resume["chunk"][track] == next(m["media"]["chunk"] for m in after if m["media"]["track"] == track)
