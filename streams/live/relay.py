@@ -512,7 +512,7 @@ class StreamRelay:
         self.started_at = timezone.now()
         self._linked_at = time.monotonic()
         self._start_task = self._spawn(self._record_started())  # the audio does not wait for the database
-        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL, self._keepalive)
+        self._ping = asyncio.get_running_loop().call_later(self._ping_interval(), self._keepalive)
         self.pump()  # what was queued while connecting
         while True:
             await asyncio.shield(link.closed)
@@ -629,7 +629,7 @@ class StreamRelay:
         self.reconnecting = False
         link.send(TEXT, self._start_message(resume))
         self._linked_at = time.monotonic()
-        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL, self._keepalive)
+        self._ping = asyncio.get_running_loop().call_later(self._ping_interval(), self._keepalive)
         self.log_event(
             "DegradedStream",
             "",
@@ -671,19 +671,29 @@ class StreamRelay:
             count=self.resumes,
         )
 
+    def _ping_interval(self) -> float:
+        return float(settings.STREAMHUB_RESUME_KEEPALIVE_SECONDS) if self.stream.reconnect else PING_INTERVAL
+
     def _keepalive(self) -> None:
         """A ping every 20 s. A customer that stops reading stops answering pings too: the D7
         buffer (Degraded 30/60/90, then Dropped) decides first, so the pong may be up to the
-        buffer's length + 20 s late before the connection counts as dead."""
+        buffer's length + 20 s late before the connection counts as dead.
+
+        A stream with reconnect pings every STREAMHUB_RESUME_KEEPALIVE_SECONDS and counts three
+        of them without a pong as a drop (1011), which it then resumes: a connection that died
+        silently (a NAT or a load balancer forgot it) is redialled in seconds, not left to fill
+        the buffer and end as a slow consumer."""
         link = self.link
         if link is None or link.transport is None or link.close_sent:
             return
-        if time.monotonic() - link.last_pong > 2 * PING_INTERVAL + settings.STREAMHUB_STREAM_BUFFER_SECONDS:
+        interval = self._ping_interval()
+        slack = 3 * interval if self.stream.reconnect else 2 * PING_INTERVAL + settings.STREAMHUB_STREAM_BUFFER_SECONDS
+        if time.monotonic() - link.last_pong > slack:
             link.close(1011, "keepalive ping timeout")
             link.transport.disconnect(graceful=False)
             return
         link.transport.send_ping()
-        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL, self._keepalive)
+        self._ping = asyncio.get_running_loop().call_later(interval, self._keepalive)
 
     async def _record_started(self) -> None:
         """StartStream, retried until written or until the stream ends: then the end's own

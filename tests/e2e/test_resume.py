@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -272,3 +273,55 @@ async def test_both_tracks_resume_each_from_its_own_next_chunk(hub: Proc, accoun
         chunks = [m["media"]["chunk"] for m in frames if m["event"] == "media" and m["media"]["track"] == track]
         assert chunks == list(range(1, 1 + len(chunks)))  # each chunk once, in order, across both connections
         assert resume["chunk"][track] == next(m["media"]["chunk"] for m in after if m["media"]["track"] == track)
+
+
+class FreezingCustomer(DroppingCustomer):
+    """Its first connection goes silent `drop_after` s after `start` without closing (as when a NAT
+    or a load balancer forgets it): it stops reading, so it answers no ping, and never closes."""
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        if self.connections:
+            await super()._handler(conn)
+            return
+        received: list[dict[str, Any]] = []
+        self.connections.append(received)
+        self.ws.append(conn)
+        started = time.monotonic()
+        async for raw in conn:
+            received.append(json.loads(raw))
+            if time.monotonic() - started >= self.drop_after:
+                conn.transport.pause_reading()
+                break
+        await conn.wait_closed()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.ws[0].transport.abort()  # a paused socket would wait out websockets' close timeout
+        await super().__aexit__(*exc)
+
+
+async def test_a_connection_that_dies_silently_is_found_by_the_keepalive_and_resumed(
+    hub_factory: Callable[..., Proc], account: Account
+) -> None:
+    hub = hub_factory(STREAMHUB_RESUME_KEEPALIVE_SECONDS="0.3")
+    driver = make_driver("audio-fork", hub, account)
+    call_id = str(uuid.uuid4())
+    async with FreezingCustomer(drop_after=1.0, away=0.0) as customer:
+        await driver.open([{"serviceUrl": customer.url, "reconnect": True, "reconnectWindow": 10}], call_id=call_id)
+        await eventually(lambda: customer.events("start"))
+        talking = asyncio.get_running_loop().create_task(driver.talk(ramp(8000 * 6)))
+        await eventually(lambda: len(customer.connections) == 2 and len(customer.connections[1]) > 50, timeout=30)
+        talking.cancel()
+        await driver.hang_up()
+        stream = await ended_stream(call__call_uuid=call_id)
+    first, second = customer.connections
+    resume = second[0]["start"]["resume"]
+    # nothing is sent twice; what the frozen connection took but never read is the documented,
+    # detectable gap between its last frame and resume.sequenceNumber
+    assert resume["sequenceNumber"] > first[-1]["sequenceNumber"]
+    seqs = [m["sequenceNumber"] for m in first[1:] + second[1:]]
+    assert seqs == sorted(set(seqs))
+    assert [m["sequenceNumber"] for m in second[1:]] == list(range(resume["sequenceNumber"], seqs[-1] + 1))
+    events = await db(events_of)(stream)
+    lost = next(e for n, e, p in events if n == "DegradedStream" and p.get("ConnectionState") == "reconnecting")
+    assert "keepalive ping timeout" in lost
+    assert (stream.hangup_reason, stream.resumes) == ("Call hangup", 1)
