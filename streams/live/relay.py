@@ -363,6 +363,8 @@ class StreamRelay:
         self.resumes = 0  # times the customer connection was resumed (opt-in, docs/resume.md)
         self.reconnecting = False
         self._linked_at = 0.0  # monotonic time the current connection got its `start`
+        self._outage_deadline: float | None = None  # when the current drop's window ends
+        self._flaps = 0  # resumed connections in a row that dropped within RESUME_FLAP_SECONDS
         self.done = asyncio.Event()
         if self.noise:
             first = next(iter(self.noise.values()))
@@ -552,9 +554,15 @@ class StreamRelay:
             self._ping.cancel()
             self._ping = None
         window = min(float(self.stream.reconnect_window), float(settings.STREAMHUB_STREAM_BUFFER_SECONDS))
-        deadline = lost + window
+        flapped = lost - self._linked_at < RESUME_FLAP_SECONDS
+        self._flaps = self._flaps + 1 if flapped else 0
+        # a resumed connection that dropped at once did not end the outage: its window goes on,
+        # so a service that accepts and drops cannot keep the stream redialling for ever
+        outage = self._outage_deadline if flapped else None
+        deadline = outage if outage is not None else lost + window
+        self._outage_deadline = deadline
         resume_from = self.seq - len(self.buffer.items) + 1
-        self.log_event(
+        self.log_noisy(  # bounded: a flapping service cannot flood the callbacks
             "DegradedStream",
             why,
             {
@@ -581,8 +589,9 @@ class StreamRelay:
                 "the customer connection dropped: queued playback discarded",
                 {"FramesDropped": frames, "CheckpointsDropped": ",".join(names)[:500]},
             )
-        if lost - self._linked_at < RESUME_FLAP_SECONDS:  # a customer that accepts and drops at once
-            await asyncio.sleep(min(settings.STREAMHUB_CONNECT_RETRY_DELAY, max(0.0, deadline - time.monotonic())))
+        if flapped:  # a customer that accepts and drops at once: a pause that grows, as between failed attempts
+            pause = min(settings.STREAMHUB_CONNECT_RETRY_DELAY * self._flaps, RESUME_MAX_RETRY_DELAY)
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         url = self.stream.service_url
         policy = EgressPolicy.from_settings(settings)
         attempt, last = 0, "the window ended before a first attempt"
@@ -630,7 +639,7 @@ class StreamRelay:
         link.send(TEXT, self._start_message(resume))
         self._linked_at = time.monotonic()
         self._ping = asyncio.get_running_loop().call_later(self._ping_interval(), self._keepalive)
-        self.log_event(
+        self.log_noisy(  # bounded: a flapping service cannot flood the callbacks
             "DegradedStream",
             "",
             {

@@ -325,3 +325,31 @@ async def test_a_connection_that_dies_silently_is_found_by_the_keepalive_and_res
     lost = next(e for n, e, p in events if n == "DegradedStream" and p.get("ConnectionState") == "reconnecting")
     assert "keepalive ping timeout" in lost
     assert (stream.hangup_reason, stream.resumes) == ("Call hangup", 1)
+
+
+class FlappingCustomer(Customer):
+    """Accepts every upgrade and closes each connection (1001) right after `start`."""
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        received: list[dict[str, Any]] = []
+        self.connections.append(received)
+        async for raw in conn:
+            received.append(json.loads(raw))
+            await conn.close(1001, "going away")
+
+
+async def test_a_service_that_accepts_and_drops_at_once_cannot_keep_the_stream_redialling(
+    driver: GatewayDriver, account: Account
+) -> None:
+    call_id = str(uuid.uuid4())
+    async with FlappingCustomer() as customer:
+        await driver.open([{"serviceUrl": customer.url, "reconnect": True, "reconnectWindow": 3}], call_id=call_id)
+        talking = asyncio.get_running_loop().create_task(driver.talk(ramp(8000 * 30)))
+        stream = await ended_stream(call__call_uuid=call_id)
+        talking.cancel()
+        await driver.hang_up()
+    # the first drop opened a 3 s window; the resumed connections that dropped at once did not renew it
+    assert (stream.status, stream.hangup_reason) == ("failed", "Connection error")
+    assert "could not be resumed within 3 s" in stream.last_error
+    assert stream.resumes >= 1
+    assert stream.duration is not None and stream.duration < 15
