@@ -612,15 +612,13 @@ class StreamRelay:
             except Exception as exc:
                 tally.connect_failed(exc)
                 last = describe_connect_error(exc)
-                self.log_noisy("ReconnectAttemptFailed", last, {"Attempt": attempt})
-                delay = min(settings.STREAMHUB_CONNECT_RETRY_DELAY * attempt, RESUME_MAX_RETRY_DELAY)
-                await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-                continue
-            if link.close_sent:  # accepted and gone at once: counts as a failed attempt
-                last = link.describe_end()
-                self.log_noisy("ReconnectAttemptFailed", last, {"Attempt": attempt})
-                continue
-            return self._resumed(link, attempt=attempt, offline=time.monotonic() - lost)
+            else:
+                if not link.close_sent:
+                    return self._resumed(link, attempt=attempt, offline=time.monotonic() - lost)
+                last = link.describe_end()  # accepted and gone at once: a failed attempt too
+            self.log_noisy("ReconnectAttemptFailed", last, {"Attempt": attempt})
+            delay = min(settings.STREAMHUB_CONNECT_RETRY_DELAY * attempt, RESUME_MAX_RETRY_DELAY)
+            await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
         self.reconnecting = False
         self.stop(
             Stream.Reason.CONNECTION_ERROR,
