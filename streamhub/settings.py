@@ -241,6 +241,9 @@ STREAMHUB_DEGRADED_MIN_INTERVAL_SECONDS = env_float(
 STREAMHUB_PLAYBACK_QUEUE_SECONDS = env_float("STREAMHUB_PLAYBACK_QUEUE_SECONDS", default=60.0, minimum=1.0)
 STREAMHUB_CONNECT_TIMEOUT = env_float("STREAMHUB_CONNECT_TIMEOUT", default=5.0, minimum=0.1)
 STREAMHUB_CONNECT_RETRY_DELAY = env_float("STREAMHUB_CONNECT_RETRY_DELAY", default=0.5, minimum=0.0)
+# Streams with reconnect (docs/resume.md) ping this often and count a connection without a pong
+# for three of these as dropped, so a silent network failure is resumed rather than left to the buffer.
+STREAMHUB_RESUME_KEEPALIVE_SECONDS = env_float("STREAMHUB_RESUME_KEEPALIVE_SECONDS", default=5.0, minimum=0.1)
 STREAMHUB_CUSTOMER_CA_BUNDLE = os.getenv("STREAMHUB_CUSTOMER_CA_BUNDLE") or None
 STREAMHUB_SEND_STOP_FRAME = env_bool("STREAMHUB_SEND_STOP_FRAME", default=False)
 STREAMHUB_BILLING_INTERVAL = env_int("STREAMHUB_BILLING_INTERVAL", default=60, minimum=1)

@@ -272,6 +272,8 @@ class Stream(models.Model):
     keep_call_alive = models.BooleanField(default=False)
     noise_cancellation = models.BooleanField(default=False)
     noise_cancellation_level = models.PositiveSmallIntegerField(default=85)
+    reconnect = models.BooleanField(default=False, help_text="resume after a drop (docs/resume.md)")
+    reconnect_window = models.PositiveSmallIntegerField(default=0, help_text="seconds; 0 when reconnect is off")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.INITIATED, db_index=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -287,6 +289,7 @@ class Stream(models.Model):
     # Written once at the end from the relay's in-memory counters (never per frame).
     frames_sent = models.PositiveIntegerField(default=0)
     played_ms = models.PositiveIntegerField(default=0, help_text="audio this stream played into the call, ms")
+    resumes = models.PositiveIntegerField(default=0, help_text="times the customer connection was resumed")
     buffer_samples = models.JSONField(default=list, blank=True, help_text="[[seconds since start, fill %], …]")
     server_id = models.CharField(max_length=200, blank=True, default="")
 

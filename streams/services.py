@@ -108,6 +108,9 @@ def event_params(stream: Stream, event: str, *, error: str = "", extra: dict[str
         "extraHeaders": stream.extra_headers,
         "keepCallAlive": "true" if stream.keep_call_alive else "false",
     }
+    if stream.reconnect:  # opt-in (docs/resume.md): streams that did not ask keep today's parameters
+        params["reconnect"] = "true"
+        params["reconnectWindow"] = str(stream.reconnect_window)
     if error:
         params["Error"] = error
     for key, value in (extra or {}).items():

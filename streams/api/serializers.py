@@ -79,9 +79,21 @@ class StreamObjectSerializer(serializers.Serializer):
     billed_amount = serializers.DecimalField(max_digits=14, decimal_places=5, coerce_to_string=True)
     plivo_auth_id = serializers.CharField(source="account.auth_id")
     resource_uri = serializers.CharField()
+    reconnect = serializers.BooleanField(required=False, help_text="present only on streams that opted in to resume")
+    reconnect_window = serializers.IntegerField(required=False, help_text="seconds; only with reconnect")
+    resumes = serializers.IntegerField(required=False, help_text="connections resumed; only with reconnect")
+
+    RESUME_FIELDS = ("reconnect", "reconnect_window", "resumes")
 
     class Meta:
         ref_name = "Stream"
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        if not getattr(instance, "reconnect", False):  # streams that did not opt in look as they always did
+            for key in self.RESUME_FIELDS:
+                data.pop(key, None)
+        return data
 
 
 class CallObjectSerializer(serializers.Serializer):

@@ -79,6 +79,16 @@ class StreamCollectionApi(APIView):
         noise_cancellation_level = serializers.IntegerField(
             min_value=60, max_value=100, required=False, allow_null=True, help_text="default 85"
         )
+        reconnect = serializers.BooleanField(
+            required=False, allow_null=True, help_text="default false: resume the stream after a drop (docs/resume.md)"
+        )
+        reconnect_window = serializers.IntegerField(
+            min_value=1,
+            max_value=40,
+            required=False,
+            allow_null=True,
+            help_text="seconds the hub redials after a drop; only with reconnect=true; default 10",
+        )
 
         class Meta:
             ref_name = "StreamStart"

@@ -517,6 +517,8 @@ class StreamAdmin(ReadOnlyRecordAdmin):
                     "keep_call_alive",
                     "noise_cancellation",
                     "noise_cancellation_level",
+                    "reconnect",
+                    "reconnect_window",
                 )
             },
         ),
@@ -525,6 +527,7 @@ class StreamAdmin(ReadOnlyRecordAdmin):
             {
                 "fields": (
                     "frames_sent",
+                    "resumes",
                     "played_ms",
                     "buffer_summary",
                     "noise_suppression",

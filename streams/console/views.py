@@ -112,7 +112,7 @@ def stream_timeline(stream: Stream, events: Sequence[StreamEvent]) -> SafeString
     marks = [
         timeline.Mark(
             at=offset_seconds(stream.created_at, event.timestamp),
-            label=event.event + (f" {event.params['BufferUsage']} %" if _usage(event) else ""),
+            label=_label(event),
             kind=timeline.kind_for(event.event, event.error),
             detail=event.error,
         )
@@ -126,6 +126,13 @@ def stream_timeline(stream: Stream, events: Sequence[StreamEvent]) -> SafeString
     )
     # timeline.render escapes every piece of text it writes.
     return mark_safe(svg)  # noqa: S308
+
+
+def _label(event: StreamEvent) -> str:
+    params = event.params if isinstance(event.params, dict) else {}
+    if event.event == "DegradedStream" and "ConnectionState" in params:  # a drop or a resume (docs/resume.md)
+        return f"{event.event} {params['ConnectionState']}"
+    return event.event + (f" {params['BufferUsage']} %" if _usage(event) else "")
 
 
 def _usage(event: StreamEvent) -> bool:
@@ -530,13 +537,16 @@ class StartStreamForm(forms.Form):
     keep_call_alive = forms.BooleanField(required=False)
     noise_cancellation = forms.BooleanField(required=False)
     noise_cancellation_level = forms.CharField(initial="85", help_text="60–100")
+    reconnect = forms.BooleanField(required=False, help_text="resume the stream after a dropped connection")
+    reconnect_window = forms.CharField(required=False, help_text="seconds, 1–40, only with reconnect (empty: 10)")
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if self.errors:
             return data
+        given = {key: value for key, value in data.items() if not (key == "reconnect_window" and value == "")}
         try:
-            self.params = validate_stream_params(data, policy=EgressPolicy.from_settings(settings))
+            self.params = validate_stream_params(given, policy=EgressPolicy.from_settings(settings))
         except StreamParamError as exc:
             for field, message in exc.errors.items():
                 self.add_error(field if field in self.fields else None, f"{field} {message}")

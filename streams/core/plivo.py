@@ -40,21 +40,38 @@ def start_message(
     encoding: str,
     sample_rate: int,
     extra_headers: str,
+    resume: Resume | None = None,
 ) -> str:
-    return _dumps(
-        {
-            "event": "start",
-            "sequenceNumber": 1,
-            "start": {
-                "callId": call_id,
-                "streamId": stream_id,
-                "accountId": account_id,
-                "tracks": tracks,
-                "mediaFormat": {"encoding": encoding, "sampleRate": sample_rate},
-            },
-            "extra_headers": extra_headers,
+    """The `start` frame; with `resume`, the `start` of a resumed connection (docs/resume.md):
+    the same frame plus `start.resume`, which says where the stream's counters continue."""
+    start: dict[str, Any] = {
+        "callId": call_id,
+        "streamId": stream_id,
+        "accountId": account_id,
+        "tracks": tracks,
+        "mediaFormat": {"encoding": encoding, "sampleRate": sample_rate},
+    }
+    if resume is not None:
+        start["resume"] = {
+            "resumed": True,
+            "sequenceNumber": resume.sequence_number,
+            "chunk": dict(resume.chunks),
+            "timestamp": str(resume.timestamp_ms),
+            "resumeCount": resume.count,
         }
-    )
+    return _dumps({"event": "start", "sequenceNumber": 1, "start": start, "extra_headers": extra_headers})
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a resumed stream continues: the sequenceNumber of the first frame after `start`, the
+    chunk of each track's first media frame after it, that frame's audio position (epoch ms),
+    and how many times this stream was resumed so far (1 for the first)."""
+
+    sequence_number: int
+    chunks: tuple[tuple[str, int], ...]
+    timestamp_ms: int
+    count: int
 
 
 class MediaTemplate:

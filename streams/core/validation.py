@@ -22,6 +22,9 @@ CALLBACK_METHODS = ("GET", "POST")
 MAX_URL_LENGTH = 2048
 MAX_EXTRA_HEADERS_BYTES = 512
 DEFAULT_STREAM_TIMEOUT = 86400
+# Opt-in stream resume (docs/resume.md): how long the hub keeps redialling after a drop.
+DEFAULT_RECONNECT_WINDOW = 10
+MAX_RECONNECT_WINDOW = 40  # the default send buffer: the audio of the window must fit in it
 _ALNUM = re.compile(r"^[A-Za-z0-9]+$")
 
 # canonical name -> accepted spellings (REST snake_case first, then XML camelCase)
@@ -37,6 +40,8 @@ FIELD_NAMES: dict[str, tuple[str, ...]] = {
     "keep_call_alive": ("keep_call_alive", "keepCallAlive"),
     "noise_cancellation": ("noise_cancellation", "noiseCancellation"),
     "noise_cancellation_level": ("noise_cancellation_level", "noiseCancellationLevel"),
+    "reconnect": ("reconnect",),
+    "reconnect_window": ("reconnect_window", "reconnectWindow"),
 }
 # Sent by the plivo SDK in bodies (call_uuid, stream_id) or undocumented (cx_bot): accepted, ignored.
 IGNORED_FIELDS = frozenset({"call_uuid", "stream_id", "cx_bot", "callId", "streamId"})
@@ -61,6 +66,8 @@ class StreamParams:
     keep_call_alive: bool = False
     noise_cancellation: bool = False
     noise_cancellation_level: int = 85
+    reconnect: bool = False
+    reconnect_window: int = 0  # seconds; DEFAULT_RECONNECT_WINDOW when reconnect is on and none was given
 
     def as_model_fields(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +100,13 @@ def parse_positive_int(value: Any, maximum: int = MAX_STREAM_TIMEOUT) -> int:
     if number > maximum:
         raise ValueError(f"must be at most {maximum}")
     return number
+
+
+def parse_reconnect_window(value: Any) -> int:
+    try:
+        return parse_positive_int(value, MAX_RECONNECT_WINDOW)
+    except ValueError:
+        raise ValueError(f"must be an integer from 1 to {MAX_RECONNECT_WINDOW} (seconds)") from None
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -294,6 +308,8 @@ def validate_stream_params(
         "keep_call_alive": parse_bool,
         "noise_cancellation": parse_bool,
         "noise_cancellation_level": parse_positive_int,
+        "reconnect": parse_bool,
+        "reconnect_window": parse_reconnect_window,
     }
     clean: dict[str, Any] = {}
     if "service_url" not in values:
@@ -306,6 +322,10 @@ def validate_stream_params(
     level = clean.get("noise_cancellation_level")
     if level is not None and not 60 <= level <= 100:
         errors[spelled["noise_cancellation_level"]] = "must be between 60 and 100"
+    if "reconnect_window" in values and not clean.get("reconnect"):
+        errors.setdefault(spelled["reconnect_window"], "may only be given with reconnect=true")
+    elif clean.get("reconnect") and "reconnect_window" not in clean and "reconnect_window" not in values:
+        clean["reconnect_window"] = DEFAULT_RECONNECT_WINDOW
     if clean.get("bidirectional") and clean.get("audio_track", "inbound") != "inbound":
         errors[spelled.get("audio_track", "audio_track")] = "must be inbound when bidirectional is true"
     if errors:

@@ -39,7 +39,7 @@ from streams.models import Stream
 log = logging.getLogger(__name__)
 
 SAMPLE_SECONDS = 1.0
-STATES = ("connecting", "streaming", "ending")
+STATES = ("connecting", "streaming", "reconnecting", "ending")
 
 buffer_fill = Histogram(
     "streamhub_send_buffer_fill_percent",
@@ -67,6 +67,8 @@ _db_executor: ThreadPoolExecutor | None = None
 def relay_state(relay: object) -> str:
     if getattr(relay, "end_reason", None) is not None:
         return "ending"
+    if getattr(relay, "reconnecting", False):  # opt-in resume (docs/resume.md): redialling after a drop
+        return "reconnecting"
     return "streaming" if getattr(relay, "connected", False) else "connecting"
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import socket
 import ssl
@@ -79,6 +80,12 @@ EVENT_FLUSH_DELAY = 0.5  # debug events are written in batches, at most this lat
 MAX_SAMPLES = 3600
 CANCELLED = "the relay was cancelled without a stop request (the hub process is shutting down)"
 FINAL_DRAIN_SECONDS = 2.0  # on a normal end, how long the last queued audio may take to leave
+RESUME_MAX_RETRY_DELAY = 2.0  # redials after a drop back off as the first connect's, capped here
+RESUME_FLAP_SECONDS = 1.0  # a connection that lasted less than this is redialled after a pause, not at once
+# Closes after which a stream is not resumed even when it opted in: the customer ended it on
+# purpose (1000), or the hub closed it for breaking the protocol (1002, 1007, 1009).
+NOT_RESUMED_CODES = frozenset({1000, 1002, 1007, 1009})
+DROPPED_WHILE_RESUMING = "terminated due to a slow connection: send buffer full while reconnecting"
 
 
 def redact_url(url: str) -> str:
@@ -267,6 +274,19 @@ class CustomerLink(WSListener):
         if not self.closed.done():
             self.closed.set_result(None)
 
+    def end_code(self) -> int | None:
+        """The close code that ended the connection: the hub's if it closed first, else the
+        customer's; None when it ended without a close frame (a network drop, a reset)."""
+        if self.sent_code is not None:
+            return self.sent_code
+        handshake = self.transport.close_handshake if self.transport is not None else None
+        if handshake is not None:
+            if handshake.recv is not None:
+                return int(handshake.recv.code.value)
+            if handshake.sent is not None:
+                return int(handshake.sent.code.value)
+        return None
+
     def describe_end(self) -> str:
         """Why the connection ended, for the stream's last error."""
         sent_code, sent_reason = self.sent_code, self.sent_reason  # we closed first (size, keepalive)
@@ -340,6 +360,11 @@ class StreamRelay:
         self._start_in_flight = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timeout: asyncio.TimerHandle | None = None
+        self.resumes = 0  # times the customer connection was resumed (opt-in, docs/resume.md)
+        self.reconnecting = False
+        self._linked_at = 0.0  # monotonic time the current connection got its `start`
+        self._outage_deadline: float | None = None  # when the current drop's window ends
+        self._flaps = 0  # resumed connections in a row that dropped within RESUME_FLAP_SECONDS
         self.done = asyncio.Event()
         if self.noise:
             first = next(iter(self.noise.values()))
@@ -429,31 +454,7 @@ class StreamRelay:
         for attempt in range(1, attempts + 1):
             tally.connect_attempt()
             try:
-                extra: dict[str, Any] = {}
-                if policy.forbid_private_services:
-                    # resolve once, check every address, connect to a checked one (no DNS-rebinding
-                    # window); picows then speaks TLS (SNI, certificate) and Host with the URL's name
-                    extra["socket_factory"] = lambda _parsed: checked_socket(url, policy)
-                _, link = await asyncio.wait_for(
-                    ws_connect(
-                        lambda: CustomerLink(self),
-                        url,
-                        ssl_context=_ssl_context(url),
-                        extra_headers={
-                            **upgrade_headers(url, self.stream.account.auth_token),
-                            "User-Agent": "streamhub",
-                        },
-                        # also bounds the socket of an upgrade cancelled midway (picows keeps it until then)
-                        websocket_handshake_timeout=timeout,
-                        max_frame_size=MAX_MESSAGE,
-                        enable_auto_ping=False,  # our own keepalive (_keepalive): picows' cannot wait 60 s
-                        enable_auto_pong=True,
-                        max_redirects=0,
-                        use_aiofastnet=False,  # the event loop's own transports and TLS
-                        **extra,
-                    ),
-                    timeout,
-                )
+                link = await self._dial(url, policy, timeout)
             except asyncio.CancelledError:
                 raise
             except AddressRefused as exc:  # no retry can change the policy's answer
@@ -468,52 +469,238 @@ class StreamRelay:
                 if attempt < attempts:
                     await asyncio.sleep(settings.STREAMHUB_CONNECT_RETRY_DELAY * attempt)
                 continue
-            assert isinstance(link, CustomerLink)
             self.link = link
             self.log_event("Connected", "", {"Attempt": attempt})
             return link
         self.stop(Stream.Reason.CONNECTION_ERROR, f"could not connect after {attempts} attempts: {last}")
         return None
 
+    async def _dial(self, url: str, policy: EgressPolicy, limit: float) -> CustomerLink:
+        """One upgrade to the customer (signed anew: a fresh nonce per attempt)."""
+        extra: dict[str, Any] = {}
+        if policy.forbid_private_services:
+            # resolve once, check every address, connect to a checked one (no DNS-rebinding
+            # window); picows then speaks TLS (SNI, certificate) and Host with the URL's name
+            extra["socket_factory"] = lambda _parsed: checked_socket(url, policy)
+        _, link = await asyncio.wait_for(
+            ws_connect(
+                lambda: CustomerLink(self),
+                url,
+                ssl_context=_ssl_context(url),
+                extra_headers={
+                    **upgrade_headers(url, self.stream.account.auth_token),
+                    "User-Agent": "streamhub",
+                },
+                # also bounds the socket of an upgrade cancelled midway (picows keeps it until then)
+                websocket_handshake_timeout=limit,
+                max_frame_size=MAX_MESSAGE,
+                enable_auto_ping=False,  # our own keepalive (_keepalive): picows' cannot wait 60 s
+                enable_auto_pong=True,
+                max_redirects=0,
+                use_aiofastnet=False,  # the event loop's own transports and TLS
+                **extra,
+            ),
+            limit,
+        )
+        assert isinstance(link, CustomerLink)
+        return link
+
     async def _serve(self, link: CustomerLink) -> None:
-        stream = self.stream
         if link.close_sent:  # gone already
             self.stop(Stream.Reason.CONNECTION_ERROR, link.describe_end())
             return
-        link.send(
-            TEXT,
-            plivo.start_message(
-                call_id=str(stream.call.call_uuid),
-                stream_id=self.stream_id,
-                account_id=stream.account.auth_id,
-                tracks=list(self.tracks),
-                encoding=self.fmt.encoding,
-                sample_rate=self.fmt.rate,
-                extra_headers=stream.extra_headers,
-            ),
-        )
+        link.send(TEXT, self._start_message(None))
         self.connected = True
         self.started_at = timezone.now()
+        self._linked_at = time.monotonic()
         self._start_task = self._spawn(self._record_started())  # the audio does not wait for the database
-        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL, self._keepalive)
+        self._ping = asyncio.get_running_loop().call_later(self._ping_interval(), self._keepalive)
         self.pump()  # what was queued while connecting
-        await asyncio.shield(link.closed)
-        # the connection is gone without the hub asking (D5: no reconnect)
-        self.stop(Stream.Reason.CONNECTION_ERROR, link.describe_end())
+        while True:
+            await asyncio.shield(link.closed)
+            if not self.stream.reconnect or link.end_code() in NOT_RESUMED_CODES:
+                # the connection is gone without the hub asking (D5: no reconnect unless opted in)
+                self.stop(Stream.Reason.CONNECTION_ERROR, link.describe_end())
+                return
+            resumed = await self._resume(link)
+            if resumed is None:
+                return
+            link = resumed
+
+    def _start_message(self, resume: plivo.Resume | None) -> str:
+        stream = self.stream
+        return plivo.start_message(
+            call_id=str(stream.call.call_uuid),
+            stream_id=self.stream_id,
+            account_id=stream.account.auth_id,
+            tracks=list(self.tracks),
+            encoding=self.fmt.encoding,
+            sample_rate=self.fmt.rate,
+            extra_headers=stream.extra_headers,
+            resume=resume,
+        )
+
+    # --- opt-in resume (docs/resume.md) -----------------------------------------------
+
+    async def _resume(self, old: CustomerLink) -> CustomerLink | None:
+        """The customer connection dropped after `start` on a stream that opted in: keep
+        buffering, redial until the window ends, then `start` again with `start.resume` and
+        the buffered frames. None when the window ended (the stream was stopped)."""
+        why = old.describe_end()
+        lost = time.monotonic()
+        self.link = None
+        self.reconnecting = True
+        if self._ping is not None:
+            self._ping.cancel()
+            self._ping = None
+        window = min(float(self.stream.reconnect_window), float(settings.STREAMHUB_STREAM_BUFFER_SECONDS))
+        flapped = lost - self._linked_at < RESUME_FLAP_SECONDS
+        self._flaps = self._flaps + 1 if flapped else 0
+        # a resumed connection that dropped at once did not end the outage: its window goes on,
+        # so a service that accepts and drops cannot keep the stream redialling for ever
+        outage = self._outage_deadline if flapped else None
+        deadline = outage if outage is not None else lost + window
+        self._outage_deadline = deadline
+        resume_from = self.seq - len(self.buffer.items) + 1
+        self.log_noisy(  # bounded: a flapping service cannot flood the callbacks
+            "DegradedStream",
+            why,
+            {
+                "BufferUsage": int(self.buffer.usage_pct),
+                "ConnectionState": "reconnecting",
+                "ReconnectWindow": f"{window:g}",
+                "ResumeSequenceNumber": resume_from,
+            },
+        )
+        log.info(
+            "stream %s: connection to %s lost (%s); reconnecting for up to %g s",
+            self.stream_id,
+            redact_url(self.stream.service_url),
+            why,
+            window,
+        )
+        if self.stream.bidirectional:
+            # playback queued before the drop is discarded with its checkpoints, as on clearAudio (D12),
+            # and the customer is told first thing after the resumed `start` and the audio before it
+            frames, names = self.session.clear(self)
+            self.send_text(lambda seq: plivo.cleared_audio(seq=seq, stream_id=self.stream_id))
+            self.log_event(
+                "ClearAudio",
+                "the customer connection dropped: queued playback discarded",
+                {"FramesDropped": frames, "CheckpointsDropped": ",".join(names)[:500]},
+            )
+        if flapped:  # a customer that accepts and drops at once: a pause that grows, as between failed attempts
+            pause = min(settings.STREAMHUB_CONNECT_RETRY_DELAY * self._flaps, RESUME_MAX_RETRY_DELAY)
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        url = self.stream.service_url
+        policy = EgressPolicy.from_settings(settings)
+        attempt, last = 0, "the window ended before a first attempt"
+        while self.end_reason is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            attempt += 1
+            tally.connect_attempt()
+            try:
+                link = await self._dial(url, policy, min(settings.STREAMHUB_CONNECT_TIMEOUT, remaining))
+            except asyncio.CancelledError:
+                raise
+            except AddressRefused as exc:  # no retry can change the policy's answer
+                last = f"refused: {exc}"
+                self.log_noisy("ReconnectAttemptFailed", last, {"Attempt": attempt})
+                break
+            except Exception as exc:
+                tally.connect_failed(exc)
+                last = describe_connect_error(exc)
+            else:
+                if not link.close_sent:
+                    return self._resumed(link, attempt=attempt, offline=time.monotonic() - lost)
+                last = link.describe_end()  # accepted and gone at once: a failed attempt too
+            self.log_noisy("ReconnectAttemptFailed", last, {"Attempt": attempt})
+            delay = min(settings.STREAMHUB_CONNECT_RETRY_DELAY * attempt, RESUME_MAX_RETRY_DELAY)
+            await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        self.reconnecting = False
+        self.stop(
+            Stream.Reason.CONNECTION_ERROR,
+            f"the connection dropped ({why}) and could not be resumed within {window:g} s "
+            f"({attempt} attempts; last: {last})",
+        )
+        return None
+
+    def _resumed(self, link: CustomerLink, *, attempt: int, offline: float) -> CustomerLink:
+        """Send the resumed `start`, then what was buffered meanwhile (no await in between:
+        no frame can precede the `start`)."""
+        self.resumes += 1
+        resume = self._resume_point()
+        self.link = link
+        self.reconnecting = False
+        link.send(TEXT, self._start_message(resume))
+        self._linked_at = time.monotonic()
+        self._ping = asyncio.get_running_loop().call_later(self._ping_interval(), self._keepalive)
+        self.log_noisy(  # bounded: a flapping service cannot flood the callbacks
+            "DegradedStream",
+            "",
+            {
+                "BufferUsage": int(self.buffer.usage_pct),
+                "ConnectionState": "resumed",
+                "Attempt": attempt,
+                "OfflineMs": int(offline * 1000),
+                "ResumeSequenceNumber": resume.sequence_number,
+                "ResumeChunk": ",".join(f"{track}:{chunk}" for track, chunk in resume.chunks),
+                "ResumeCount": resume.count,
+            },
+        )
+        log.info("stream %s: resumed after %.1f s (attempt %d)", self.stream_id, offline, attempt)
+        self.pump()
+        return link
+
+    def _resume_point(self) -> plivo.Resume:
+        """Where the resumed stream continues: the first frame not handed to the dropped connection.
+
+        Every frame takes its sequenceNumber when it is queued and the buffer is first in, first
+        out, so the queued frames are exactly the last len(buffer) numbers. A track's next chunk
+        is that of its first queued media frame, else the one it will take next."""
+        items = self.buffer.items
+        chunks: dict[str, int] = {}
+        for message, _ in items:
+            if len(chunks) == len(self.tracks):
+                break
+            if message.startswith('{"event":"media"'):
+                media = json.loads(message)["media"]
+                chunks.setdefault(media["track"], int(media["chunk"]))
+        for track in self.tracks:
+            chunks.setdefault(track, (self._chunk if self._plain_inbound else self.chunks[track]) + 1)
+        first = min(chunks.values())
+        return plivo.Resume(
+            sequence_number=self.seq - len(items) + 1,
+            chunks=tuple((track, chunks[track]) for track in self.tracks),
+            timestamp_ms=self.start_ms + 20 * (first - 1),
+            count=self.resumes,
+        )
+
+    def _ping_interval(self) -> float:
+        return float(settings.STREAMHUB_RESUME_KEEPALIVE_SECONDS) if self.stream.reconnect else PING_INTERVAL
 
     def _keepalive(self) -> None:
         """A ping every 20 s. A customer that stops reading stops answering pings too: the D7
         buffer (Degraded 30/60/90, then Dropped) decides first, so the pong may be up to the
-        buffer's length + 20 s late before the connection counts as dead."""
+        buffer's length + 20 s late before the connection counts as dead.
+
+        A stream with reconnect pings every STREAMHUB_RESUME_KEEPALIVE_SECONDS and counts three
+        of them without a pong as a drop (1011), which it then resumes: a connection that died
+        silently (a NAT or a load balancer forgot it) is redialled in seconds, not left to fill
+        the buffer and end as a slow consumer."""
         link = self.link
         if link is None or link.transport is None or link.close_sent:
             return
-        if time.monotonic() - link.last_pong > 2 * PING_INTERVAL + settings.STREAMHUB_STREAM_BUFFER_SECONDS:
+        interval = self._ping_interval()
+        slack = 3 * interval if self.stream.reconnect else 2 * PING_INTERVAL + settings.STREAMHUB_STREAM_BUFFER_SECONDS
+        if time.monotonic() - link.last_pong > slack:
             link.close(1011, "keepalive ping timeout")
             link.transport.disconnect(graceful=False)
             return
         link.transport.send_ping()
-        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL, self._keepalive)
+        self._ping = asyncio.get_running_loop().call_later(interval, self._keepalive)
 
     async def _record_started(self) -> None:
         """StartStream, retried until written or until the stream ends: then the end's own
@@ -596,7 +783,12 @@ class StreamRelay:
             log.info("stream %s ended: %s (%s)", self.stream_id, reason, self.end_error)
         self._log_noise_summary()
         self._sample(time.monotonic(), force=True)
-        stats = {"frames_sent": self.frames_sent, "played_ms": self.played_ms, "buffer_samples": self.samples}
+        stats = {
+            "frames_sent": self.frames_sent,
+            "played_ms": self.played_ms,
+            "buffer_samples": self.samples,
+            "resumes": self.resumes,
+        }
         async with self._db_lock:
             entries, self._events = self._events, []
             await db_persist(
@@ -745,7 +937,8 @@ class StreamRelay:
                 self.log_event("DegradedStream", "", {"BufferUsage": event.usage})
             else:
                 self.buffer.clear()
-                self.stop(Stream.Reason.CONNECTION_ERROR, services.DROPPED_SLOW)
+                error = DROPPED_WHILE_RESUMING if self.reconnecting else services.DROPPED_SLOW
+                self.stop(Stream.Reason.CONNECTION_ERROR, error)
                 return
 
     def send_text(self, message_for_seq: Any) -> None:

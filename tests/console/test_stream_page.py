@@ -10,7 +10,7 @@ from callbacks.models import CallbackDelivery
 from streams import services
 from streams.console.views import EVENTS_ON_STREAM_PAGE, EVENTS_PER_LOG_PAGE
 from streams.models import Account, Call, Stream, StreamEvent
-from tests.console.conftest import start_stream
+from tests.console.conftest import open_call, start_stream
 
 pytestmark = pytest.mark.django_db
 
@@ -202,3 +202,27 @@ def test_a_stream_that_asked_for_noise_cancellation_but_never_ran_says_so(su_cli
     services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
     html = page(su_client, reverse("admin:streams_stream_change", args=[stream.pk]))
     assert noise_field(html).strip() == "requested at level 85; never ran (no audio was relayed)"
+
+
+def test_the_stream_page_shows_a_resumed_stream_its_setting_drops_and_resumes(
+    su_client: Client, account: Account
+) -> None:
+
+    stream = start_stream(open_call(account), reconnect=True, reconnect_window=15)
+    services.stream_log_batch(
+        stream=stream,
+        entries=[
+            (
+                "DegradedStream",
+                "connection closed by the remote service with code 1001",
+                {"ConnectionState": "reconnecting"},
+            ),
+            ("ReconnectAttemptFailed", "server answered HTTP 503 instead of switching protocols", {"Attempt": 1}),
+            ("DegradedStream", "", {"ConnectionState": "resumed", "Attempt": 2}),
+        ],
+    )
+    services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False, stats={"resumes": 1})
+    html = page(su_client, reverse("admin:streams_stream_change", args=[stream.pk]))
+    assert "Reconnect window" in html and "Resumes" in html
+    assert "DegradedStream reconnecting" in html and "DegradedStream resumed" in html
+    assert "ReconnectAttemptFailed" in html

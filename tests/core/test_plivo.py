@@ -162,3 +162,29 @@ def test_numbers_beyond_pythons_digit_limit_are_protocol_errors() -> None:
     # gateway metadata keeps the rest of the frame: the number stays as its text (issue 15 §8)
     meta = parse_gateway_metadata('{"callId":' + huge + ',"streams":[{"serviceUrl":"ws://x/y"}]}')
     assert meta.call_id == huge[:200] and meta.streams == [{"serviceUrl": "ws://x/y"}]
+
+
+def test_a_resumed_start_is_the_same_start_with_where_the_counters_continue() -> None:
+    common = {
+        "call_id": "0d6a2b8e-5d7c-4b1a-9a63-1f0c2e9d4b10",
+        "stream_id": "6f1e7c22-3a9b-4f0e-8c55-2b7d9e41a0c3",
+        "account_id": "MAZDK3OGJIMGZKNTEXAM",
+        "tracks": ["inbound", "outbound"],
+        "encoding": "audio/x-l16",
+        "sample_rate": 8000,
+        "extra_headers": "a=b",
+    }
+    first = json.loads(plivo.start_message(**common))  # type: ignore[arg-type]
+    resume = plivo.Resume(
+        sequence_number=153, chunks=(("inbound", 76), ("outbound", 75)), timestamp_ms=1732560001500, count=2
+    )
+    resumed = json.loads(plivo.start_message(**common, resume=resume))  # type: ignore[arg-type]
+    assert "resume" not in first["start"]
+    assert resumed["start"].pop("resume") == {
+        "resumed": True,
+        "sequenceNumber": 153,
+        "chunk": {"inbound": 76, "outbound": 75},
+        "timestamp": "1732560001500",
+        "resumeCount": 2,
+    }
+    assert resumed == first

@@ -203,3 +203,16 @@ def test_it_never_raises_anything_but_its_own_error(body: bytes) -> None:
         parse_document(body)
     except PlivoXmlError as exc:
         assert str(exc)
+
+
+def test_stream_resume_attributes_are_stream_attributes_and_checked_like_the_others() -> None:
+    body = b'<Response><Stream reconnect="true" reconnectWindow="15">wss://bot.example.com/ws</Stream></Response>'
+    [verb] = parse_document(body).verbs
+    assert isinstance(verb, StreamVerb)
+    assert (verb.params.reconnect, verb.params.reconnect_window) == (True, 15)
+    error = error_of(b'<Response><Stream reconnectWindow="15">wss://bot.example.com/ws</Stream></Response>')
+    assert error.attribute == "reconnectWindow" and "only be given with reconnect=true" in str(error)
+    error = error_of(
+        b'<Response><Stream reconnect="true" reconnectWindow="90">wss://bot.example.com/ws</Stream></Response>'
+    )
+    assert error.attribute == "reconnectWindow" and "from 1 to 40" in str(error)

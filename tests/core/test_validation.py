@@ -177,3 +177,35 @@ def test_generated_ws_urls_are_accepted(scheme: str, host: str, port: int | None
 @pytest.mark.parametrize("value", [1e308, 10**12, "99999999999", 30 * 86400 + 1])
 def test_absurd_timeouts_are_refused_before_they_reach_the_database(value: object) -> None:
     assert "at most" in errors_of({"service_url": URL, "stream_timeout": value})["stream_timeout"]
+
+
+# --- opt-in stream resume (docs/resume.md) ------------------------------------------------
+
+
+def test_reconnect_is_off_by_default_and_its_window_defaults_to_ten_seconds_when_on() -> None:
+    off = validate_stream_params({"service_url": URL})
+    assert (off.reconnect, off.reconnect_window) == (False, 0)
+    on = validate_stream_params({"serviceUrl": URL, "reconnect": "true"})
+    assert (on.reconnect, on.reconnect_window) == (True, 10)
+    given = validate_stream_params({"service_url": URL, "reconnect": True, "reconnect_window": "40"})
+    assert (given.reconnect, given.reconnect_window) == (True, 40)
+    assert validate_stream_params({"serviceUrl": URL, "reconnect": True, "reconnectWindow": 1}).reconnect_window == 1
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "1", None, "maybe"])
+def test_reconnect_must_be_a_boolean(value: object) -> None:
+    assert errors_of({"service_url": URL, "reconnect": value}) == {"reconnect": "must be true or false"}
+
+
+@pytest.mark.parametrize("value", [0, 41, -1, "0", "41", 1.5, "ten", True, None, ""])
+def test_the_reconnect_window_is_an_integer_from_1_to_40(value: object) -> None:
+    errors = errors_of({"service_url": URL, "reconnect": True, "reconnectWindow": value})
+    assert errors == {"reconnectWindow": "must be an integer from 1 to 40 (seconds)"}
+
+
+@pytest.mark.parametrize("reconnect", [None, False, "false"])
+def test_the_reconnect_window_is_only_accepted_with_reconnect(reconnect: object) -> None:
+    data: dict[str, object] = {"service_url": URL, "reconnect_window": 5}
+    if reconnect is not None:
+        data["reconnect"] = reconnect
+    assert errors_of(data) == {"reconnect_window": "may only be given with reconnect=true"}
