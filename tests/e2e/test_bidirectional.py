@@ -158,9 +158,12 @@ async def test_played_audio_is_the_outbound_track_of_another_stream(hub: Proc, a
     inbound = [m for m in media if m["media"]["track"] == "inbound"]
     outbound = [m for m in media if m["media"]["track"] == "outbound"]
     assert len(inbound) == len(outbound) == 50  # both keep the 20 ms cadence
-    out_audio = b"".join(base64.b64decode(m["media"]["payload"]) for m in outbound)
-    assert clip in out_audio  # what the bot played, silence around it
-    assert out_audio.replace(clip, b"").strip(b"\x00") == b""
+    out_frames = [base64.b64decode(m["media"]["payload"]) for m in outbound]
+    # What the bot played, in order, with silence around it; on a starved machine a played frame can
+    # miss its inbound tick and a silent frame sits between two played ones: the track is what the
+    # call heard when, so the test takes the played frames in order rather than one unbroken run.
+    assert all(len(f) == 320 for f in out_frames)
+    assert b"".join(f for f in out_frames if f != bytes(320)) == clip
 
 
 async def test_bad_customer_input_is_logged_and_the_stream_goes_on(hub: Proc, account: Account) -> None:

@@ -153,6 +153,7 @@ async def test_a_database_outage_ends_no_live_call_and_loses_no_hangup(
     hub_factory: Callable[..., Proc],
 ) -> None:
     account = json.loads(manage(pg_env, "create_account", "Acme"))
+    newcomer = json.loads(manage(pg_env, "create_account", "Newcomer"))  # never connects before the outage
     hub = hub_factory(**{k: v for k, v in pg_env.items() if k.startswith(("DATABASE_URL", "STREAMHUB_"))})
     auth = basic_auth(account["auth_id"], account["auth_token"])
 
@@ -182,11 +183,21 @@ async def test_a_database_outage_ends_no_live_call_and_loses_no_hangup(
         assert answer.status_code == 503 and answer.headers["Retry-After"] == "5", answer.text
         assert "database is unavailable" in answer.json()["error"]
 
+        # The gateway's credentials were proven a moment ago (the hub remembers them for 10 s, no
+        # query): the call is refused when its set-up needs the database, after its metadata.
         async with connect(f"{hub.ws}/ingest/audio-fork", additional_headers=auth) as refused:
+            await refused.send(json.dumps({"streams": [{"serviceUrl": staying.url}]}))
             reason = await asyncio.wait_for(refused.recv(), 30)
             await asyncio.wait_for(refused.wait_closed(), 30)
         assert json.loads(reason)["data"]["error"] == "hub database unavailable: try again shortly"
         assert refused.close_code == 4503
+        # Credentials the hub has not seen need the database at once: refused on the upgrade.
+        unseen = basic_auth(newcomer["auth_id"], newcomer["auth_token"])
+        async with connect(f"{hub.ws}/ingest/audio-fork", additional_headers=unseen) as turned_away:
+            reason = await asyncio.wait_for(turned_away.recv(), 30)
+            await asyncio.wait_for(turned_away.wait_closed(), 30)
+        assert json.loads(reason)["data"]["error"] == "hub database unavailable: try again shortly"
+        assert turned_away.close_code == 4503
 
         await asyncio.sleep(max(0.0, 8 - (time.monotonic() - outage_began)))  # longer than the 2 s window
         await asyncio.to_thread(pg.start)
