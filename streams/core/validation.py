@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 CONTENT_TYPES = ("audio/x-l16;rate=8000", "audio/x-l16;rate=16000", "audio/x-mulaw;rate=8000")
 AUDIO_TRACKS = ("inbound", "outbound", "both")
@@ -192,24 +192,30 @@ def parse_networks(values: Iterable[str]) -> list[Network]:
 NO_POLICY = EgressPolicy()
 
 
-def check_ws_url(value: Any, policy: EgressPolicy = NO_POLICY) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("is required (a ws:// or wss:// URL)")
-    url = value.strip()
+def split_url(url: str) -> SplitResult:
+    """The checks every URL gets (length, no whitespace or control characters, a parsable port)."""
     if len(url) > MAX_URL_LENGTH:
         raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
     if any(ch.isspace() or ord(ch) < 32 for ch in url):
         raise ValueError("must not contain whitespace or control characters")
     try:
         parts = urlsplit(url)
-        port = parts.port
+        _ = parts.port
     except ValueError as exc:
         raise ValueError(f"is not a valid URL ({exc})") from None
+    return parts
+
+
+def check_ws_url(value: Any, policy: EgressPolicy = NO_POLICY) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("is required (a ws:// or wss:// URL)")
+    url = value.strip()
+    parts = split_url(url)
     if parts.scheme not in ("ws", "wss"):
         raise ValueError("must be a ws:// or wss:// URL")
     if not parts.hostname:
         raise ValueError("must name a host")
-    if port == 0:
+    if parts.port == 0:
         raise ValueError("has an invalid port")
     if policy.forbid_private_services and policy.forbidden_host(parts.hostname):
         raise ValueError("points to a private or loopback address, which this hub forbids")
@@ -224,15 +230,7 @@ def check_callback_url(value: Any, *, forbid_private: bool = False, policy: Egre
     if not isinstance(value, str):
         raise ValueError("must be an http:// or https:// URL")
     url = value.strip()
-    if len(url) > MAX_URL_LENGTH:
-        raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise ValueError("must not contain whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
+    parts = split_url(url)
     if parts.scheme not in ("http", "https"):
         raise ValueError("must be an http:// or https:// URL")
     if not parts.hostname:

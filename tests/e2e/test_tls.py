@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from bench.run import make_tls
 from streams.models import Account
 from tests.conftest import Proc
 from tests.e2e.test_relay import ended_stream, gateway_for
@@ -21,52 +21,9 @@ pytestmark = [
 ]
 
 
-def make_ca_and_cert(tmp: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a certificate for localhost signed by it."""
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=streamhub test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    )
-    (tmp / "ext.cnf").write_text("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "srv.key", "-out", "srv.csr")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "srv.pem",
-    )
-    return tmp / "ca.pem", tmp / "srv.pem", tmp / "srv.key"
-
-
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
-    return make_ca_and_cert(tmp_path)
+    return make_tls(tmp_path)  # the bench's throwaway CA, the same for its --tls runs
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
