@@ -209,24 +209,32 @@ class Call(models.Model):
         return done == 1
 
 
-class CallEvent(models.Model):
-    """The call's debug log: its application's answer requests, the document's steps, why it ended.
+class DebugEntry(models.Model):
+    """A debug-log row (a call's or a stream's): what happened, when, why, with its parameters."""
 
-    Written off the audio path, a few rows per call (never per frame).
-    """
-
-    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
     timestamp = models.DateTimeField(default=timezone.now)
     event = models.CharField(max_length=64)
     error = models.CharField(max_length=1000, blank=True, default="")
     params = models.JSONField(default=dict, blank=True)
 
     class Meta:
+        abstract = True
         ordering = ["timestamp", "id"]
-        indexes = [models.Index(fields=["call", "timestamp"])]
 
     def __str__(self) -> str:
         return f"{self.event} @ {self.timestamp:%H:%M:%S.%f}"
+
+
+class CallEvent(DebugEntry):
+    """The call's debug log: its application's answer requests, the document's steps, why it ended.
+
+    Written off the audio path, a few rows per call (never per frame).
+    """
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
+
+    class Meta(DebugEntry.Meta):
+        indexes = [models.Index(fields=["call", "timestamp"])]
 
 
 class Stream(models.Model):
@@ -377,18 +385,10 @@ class Stream(models.Model):
         return done == 1
 
 
-class StreamEvent(models.Model):
+class StreamEvent(DebugEntry):
     """The debug log: one row per lifecycle step, never per frame."""
 
     stream = models.ForeignKey(Stream, on_delete=models.CASCADE, related_name="events")
-    timestamp = models.DateTimeField(default=timezone.now)
-    event = models.CharField(max_length=64)
-    error = models.CharField(max_length=1000, blank=True, default="")
-    params = models.JSONField(default=dict, blank=True)
 
-    class Meta:
-        ordering = ["timestamp", "id"]
+    class Meta(DebugEntry.Meta):
         indexes = [models.Index(fields=["stream", "timestamp"])]
-
-    def __str__(self) -> str:
-        return f"{self.event} @ {self.timestamp:%H:%M:%S.%f}"

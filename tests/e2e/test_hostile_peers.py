@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 import websockets
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 
 from streams.models import Account, Call, Stream, StreamEvent
 from tests.conftest import Proc
@@ -44,6 +44,17 @@ def degraded_at(stream_id: str, pct: int) -> float:
 
 
 # --- §1: DegradedStream floods ------------------------------------------------------------
+
+
+async def small_buffer_server(handler: Callable[[ServerConnection], Any]) -> tuple[Server, int]:
+    """A customer WebSocket server whose sockets take 4 KiB of receive buffer and one queued message:
+    what it does not read backs up into the hub at once. Returns the server and its port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    return await serve(handler, sock=sock, max_queue=1, compression=None, max_size=None), port
 
 
 @dataclass
@@ -92,12 +103,7 @@ class PacedCustomer:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     async def __aenter__(self) -> PacedCustomer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._server = await serve(self._handler, sock=sock, max_queue=1, compression=None, max_size=None)
+        self._server, self.port = await small_buffer_server(self._handler)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -200,12 +206,7 @@ class HostileCustomer:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     async def __aenter__(self) -> HostileCustomer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._server = await serve(self._handler, sock=sock, max_queue=1, compression=None, max_size=None)
+        self._server, self.port = await small_buffer_server(self._handler)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
