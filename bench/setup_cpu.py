@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import inspect
 import os
 import sys
 import time
@@ -70,12 +71,21 @@ for _ in range(args.calls):
     params = validate_stream_params(meta.streams[0], forbid_private_callbacks=False)
     if batched:
         call, created = step(
-            "open call + stream", _open_call, account=account, meta=meta, gateway="audio-fork", streams=[params]
+            "open call + stream",
+            _open_call,
+            account=account,
+            meta=meta,
+            gateway="audio-fork",
+            streams=[params],
+            **({"server_id": "setup-cpu#0"} if "server_id" in inspect.signature(_open_call).parameters else {}),
         )
         stream = created[0]
         stream.account, stream.call = account, call
         step(
-            "connected + started", services.stream_mark_started, stream=stream, log=[("Connected", "", {"Attempt": 1})]
+            "connected + started",
+            services.stream_mark_started,
+            stream=stream,
+            log_entries=[("Connected", "", {"Attempt": 1})],
         )
     else:
         call = step("open call + stream", _open_call, account=account, meta=meta, gateway="audio-fork")
