@@ -69,7 +69,7 @@ def callback_enqueue(*, stream: Stream, event: str, params: dict[str, str]) -> C
         raise ValueError(f"{event} is not a status callback event")
     if not stream.status_callback_url:
         return None
-    with bounded_atomic():
+    with bounded_atomic(savepoint=False):
         # Serialises the callbacks of one stream (PostgreSQL; SQLite writes are serial
         # anyway): without it a DegradedStream could take a lower id than a StopStream
         # yet commit after it, and a worker could send the Stop first.

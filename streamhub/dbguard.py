@@ -24,11 +24,16 @@ def _ms(seconds: float) -> str:
 
 
 @contextmanager
-def bounded_atomic(using: str = "default") -> Iterator[None]:
-    """`transaction.atomic()` whose lock waits and statements are bounded (PostgreSQL)."""
+def bounded_atomic(using: str = "default", *, savepoint: bool = True) -> Iterator[None]:
+    """`transaction.atomic()` whose lock waits and statements are bounded (PostgreSQL).
+
+    `savepoint=False` (for a write that only ever runs whole with its caller's, like a debug
+    row inside a stream's end): nested in another block, no SAVEPOINT / RELEASE pair (two
+    statements per use); an error then fails the outer block, as it would anyway.
+    """
     connection = connections[using]
     outermost = not connection.in_atomic_block  # SET LOCAL lasts for the whole transaction
-    with transaction.atomic(using=using):
+    with transaction.atomic(using=using, savepoint=savepoint):
         if outermost and connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute(

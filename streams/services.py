@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -121,7 +122,7 @@ def event_params(stream: Stream, event: str, *, error: str = "", extra: dict[str
 def stream_log(*, stream: Stream, event: str, error: str = "", extra: dict[str, Any] | None = None) -> StreamEvent:
     """A debug-log row; for the four callback events also the outbox row, in one transaction."""
     params = event_params(stream, event, error=error, extra=extra)
-    with bounded_atomic():
+    with bounded_atomic(savepoint=False):
         row = StreamEvent.objects.create(stream=stream, event=event, error=error[:1000], params=params)
         if event in CALLBACK_EVENTS:
             callback_enqueue(stream=stream, event=event, params=params)
@@ -312,27 +313,58 @@ def stream_end(
     transaction, so a retried end never writes them twice.
     """
     with bounded_atomic():
-        stream_log_batch(stream=stream, entries=log_entries or [])
-        fresh = Stream.objects.select_related("account", "call").select_for_update(of=("self",)).get(pk=stream.pk)
-        if started_at is not None and fresh.end_time is None and fresh.status == Stream.Status.INITIATED:
-            fresh.mark_started(at=started_at)
-            stream_log(stream=fresh, event="StartStream")
-        ended = fresh.mark_ended(
-            reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL, at=at, extra=stats or {}
+        outcome = _end_stream(
+            stream=stream,
+            reason=reason,
+            error=error,
+            stats=stats,
+            started_at=started_at,
+            at=at,
+            log_entries=log_entries,
         )
-        if ended:
-            if reason == Stream.Reason.CONNECTION_ERROR:  # DroppedStream always says why; StopStream never has Error
-                stream_log(
-                    stream=fresh, event="DroppedStream", error=error or CONNECTION_ERROR, extra={"HangupReason": reason}
-                )
-            else:
-                stream_log(stream=fresh, event="StopStream", extra={"HangupReason": reason})
-        if stats and not ended:  # stored with the end otherwise
-            Stream.objects.filter(pk=fresh.pk).update(**stats)
-    stream.__dict__.update({k: v for k, v in fresh.__dict__.items() if not k.startswith("_")})
+    if outcome is None:
+        raise Stream.DoesNotExist(f"stream {stream.pk} is gone")
+    fresh, ended = outcome
     if ended and notify_session:
         control.send_to_call(fresh.call.call_uuid, {"type": "stream.stop", "stream_id": str(fresh.stream_id)})
     return ended
+
+
+def _end_stream(
+    *,
+    stream: Stream,
+    reason: str,
+    error: str = "",
+    stats: dict[str, Any] | None = None,
+    started_at: datetime | None = None,
+    at: datetime | None = None,
+    log_entries: list[tuple[str, str, dict[str, Any]]] | None = None,
+) -> tuple[Stream, bool] | None:
+    """stream_end's writes, inside the caller's transaction: (the row as written, whether
+    this call ended it), or None when the row is gone (nothing written)."""
+    fresh = (
+        Stream.objects.select_related("account", "call").select_for_update(of=("self",)).filter(pk=stream.pk).first()
+    )
+    if fresh is None:
+        return None
+    stream_log_batch(stream=stream, entries=log_entries or [])
+    if started_at is not None and fresh.end_time is None and fresh.status == Stream.Status.INITIATED:
+        fresh.mark_started(at=started_at)
+        stream_log(stream=fresh, event="StartStream")
+    ended = fresh.mark_ended(
+        reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL, at=at, extra=stats or {}
+    )
+    if ended:
+        if reason == Stream.Reason.CONNECTION_ERROR:  # DroppedStream always says why; StopStream never has Error
+            stream_log(
+                stream=fresh, event="DroppedStream", error=error or CONNECTION_ERROR, extra={"HangupReason": reason}
+            )
+        else:
+            stream_log(stream=fresh, event="StopStream", extra={"HangupReason": reason})
+    if stats and not ended:  # stored with the end otherwise
+        Stream.objects.filter(pk=fresh.pk).update(**stats)
+    stream.__dict__.update({k: v for k, v in fresh.__dict__.items() if not k.startswith("_")})
+    return fresh, ended
 
 
 def stream_stop(*, stream: Stream, reason: str = Stream.Reason.API_REQUEST) -> bool:
@@ -346,6 +378,7 @@ def call_end(
     reason: str = Stream.Reason.CALL_HANGUP,
     error: str = "",
     at: datetime | None = None,
+    stream_ends: Sequence[dict[str, Any]] = (),
 ) -> list[Stream]:
     """End the call under its row lock, then every stream still active on it (`reason`,
     "Call hangup" by default); returns the streams it ended.
@@ -353,14 +386,22 @@ def call_end(
     The call goes first: `stream_create` takes the same lock and refuses an ended call,
     so a REST start racing a hangup is either committed before (and ended here) or
     refused with CallNotLive; no stream is left `initiated` on an ended call.
+
+    `stream_ends`: stream_end's arguments for the streams whose relays ended with the call
+    (the session's hang-up), written in the call's transaction before its end, so a
+    hang-up is one lifecycle step, not one per stream and one for the call.
     """
+    ended: list[Stream] = []
     with bounded_atomic():
         locked = Call.objects.select_for_update().get(pk=call.pk)
+        for end in stream_ends:
+            outcome = _end_stream(**end)
+            if outcome is not None and outcome[1]:
+                ended.append(end["stream"])
         hung_up = locked.mark_ended(at=at)
         if hung_up:  # the application's hangup request goes into the outbox with the end
             call_hangup_request(call=locked)
         active = list(Stream.objects.filter(call=locked, end_time__isnull=True).select_related("account", "call"))
-    ended: list[Stream] = []
     for stream in active:
         if stream_end(stream=stream, reason=reason, error=error, notify_session=False, at=at):
             ended.append(stream)
@@ -455,7 +496,7 @@ def hub_publish_snapshot(*, server_id: str, snapshot: dict[str, Any]) -> None:
 def stream_log_batch(*, stream: Stream, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
     """Write a relay's queued debug events (event, error, extra) in order, in one transaction:
     plain debug rows in one INSERT, the callback events (with their outbox rows) one by one."""
-    with bounded_atomic():
+    with bounded_atomic(savepoint=False):
         rows: list[StreamEvent] = []
         callbacks = bool(stream.status_callback_url)
         for event, error, extra in entries:

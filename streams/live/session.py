@@ -102,6 +102,8 @@ class CallSession:
         self.end_reason: str = Stream.Reason.CALL_HANGUP
         self.end_error = ""
         self._ending: asyncio.Future[None] | None = None
+        # stream ends handed over by relays stopped by the call's end, written with it (None: not ending)
+        self._stream_ends: list[dict[str, Any]] | None = None
         self.bad_frames = 0
         self.frames_in = 0
         self.playback_paused = False
@@ -499,13 +501,16 @@ class CallSession:
         self.ended = True
         ended_at = timezone.now()
         relays = list(self.relays.values())
+        self._stream_ends = [] if self.call is not None else None
         for relay in relays:
             relay.stop(self.end_reason, self.end_error)
         await asyncio.gather(*(relay.wait() for relay in relays), return_exceptions=True)
+        stream_ends, self._stream_ends = self._stream_ends or [], None
         for task in list(self._tasks):
             task.cancel()
         if self.call is not None:
             # Until this succeeds the process still holds the call (it stays in its heartbeat).
+            # The streams' ends go in the same transaction: a hang-up is one write, not one per stream.
             await db_persist(
                 services.call_end,
                 what=f"end of call {self.call.call_uuid}",
@@ -514,8 +519,15 @@ class CallSession:
                 reason=self.end_reason,
                 error=self.end_error,
                 at=ended_at,
+                stream_ends=stream_ends,
             )
         registry.discard(self)
+
+    def take_stream_end(self, end: dict[str, Any]) -> bool:
+        if self._stream_ends is None:
+            return False
+        self._stream_ends.append(end)
+        return True
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

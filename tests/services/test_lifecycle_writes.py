@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -95,3 +96,64 @@ def test_ending_the_call_reads_nothing_it_does_not_need(stream: Stream) -> None:
     again = Call.objects.get(pk=call.pk)
     services.call_end(call=again, notify_session=False)  # ended already: the instance shows the first end
     assert again.ended_at == Call.objects.get(pk=call.pk).ended_at
+
+
+def test_a_step_opens_no_savepoint_of_its_own_for_the_debug_rows_and_callbacks_inside_it(account: Account) -> None:
+    """Inside the test's transaction the step's own block is one savepoint; the debug rows and
+    the outbox row it writes open none (two statements each before)."""
+    _, created = services.call_open_with_streams(
+        account=account,
+        call_uuid=uuid.uuid4(),
+        streams=[validate_stream_params({"service_url": URL, "status_callback_url": "https://cb.example.com/s"})],
+    )
+    stream = created[0]
+    assert isinstance(stream, Stream)
+    with CaptureQueriesContext(connection) as context:
+        services.stream_mark_started(stream=stream, log_entries=[("Connected", "", {"Attempt": 1})])
+        services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
+    savepoints = [q["sql"] for q in context.captured_queries if q["sql"].startswith("SAVEPOINT")]
+    assert len(savepoints) == 2, savepoints  # one per step: the test's transaction around each block
+    assert events(stream) == ["StreamCreated", "Connected", "StartStream", "StopStream"]
+    outbox = stream.callback_deliveries.order_by("id").values_list("event", flat=True)
+    assert list(outbox) == ["StartStream", "StopStream"]
+
+
+def test_a_hang_up_writes_the_streams_ends_and_the_calls_in_one_transaction(account: Account) -> None:
+    params = [validate_stream_params({"service_url": URL}), validate_stream_params({"service_url": URL + "/2"})]
+    call, created = services.call_open_with_streams(account=account, call_uuid=uuid.uuid4(), streams=params)
+    first, second = (s for s in created if isinstance(s, Stream))
+    services.stream_mark_started(stream=first)
+    at = call.started_at + timedelta(seconds=61)
+    ends = [
+        {
+            "stream": first,
+            "reason": Stream.Reason.CALL_HANGUP,
+            "stats": {"frames_sent": 3050, "played_ms": 0, "buffer_samples": [[0.0, 0.0]]},
+            "at": at,
+            "log_entries": [("DegradedStream", "", {"BufferUsage": 30})],
+        },
+        # its `start` went out but the StartStream write had not landed: recorded first, and billed
+        {"stream": second, "reason": Stream.Reason.CALL_HANGUP, "started_at": call.started_at, "at": at},
+    ]
+    with CaptureQueriesContext(connection) as context:
+        ended = services.call_end(call=call, notify_session=False, at=at, stream_ends=ends)
+    sql = [q["sql"] for q in context.captured_queries]
+    assert sum(s.startswith("SAVEPOINT") for s in sql) == 1, sql  # one block (the test's transaction around it)
+    assert ended == [first, second]
+    assert Call.objects.get(pk=call.pk).status == Call.Status.ENDED
+    rows = {s.pk: s for s in Stream.objects.filter(call=call)}
+    assert rows[first.pk].frames_sent == 3050 and rows[first.pk].hangup_reason == "Call hangup"
+    assert rows[first.pk].end_time == at and rows[first.pk].rounded_bill_duration == 120
+    assert rows[second.pk].status == Stream.Status.STOPPED and rows[second.pk].start_time == call.started_at
+    assert events(first)[-2:] == ["DegradedStream", "StopStream"]
+    assert events(second) == ["StreamCreated", "StartStream", "StopStream"]
+
+
+def test_a_stream_row_gone_before_the_hang_up_does_not_stop_the_call_from_ending(stream: Stream) -> None:
+    call = stream.call
+    Stream.objects.filter(pk=stream.pk).delete()
+    end = {"stream": stream, "reason": Stream.Reason.CALL_HANGUP}
+    assert services.call_end(call=call, notify_session=False, stream_ends=[end]) == []
+    assert Call.objects.get(pk=call.pk).status == Call.Status.ENDED
+    with pytest.raises(Stream.DoesNotExist):  # alone, the end of a gone stream still says so
+        services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
