@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,6 +28,9 @@ class FakeHost:
 
     def relay_finished(self, relay: StreamRelay) -> None:
         self.finished.append(relay)
+
+    def take_stream_end(self, end: dict[str, Any]) -> bool:
+        return False  # no call ending here: the relay writes its own end
 
     def play(self, relay: StreamRelay, pcm: bytes) -> None:
         raise AssertionError("no playback in these tests")
@@ -144,3 +148,21 @@ async def test_a_relay_cancelled_without_a_stop_says_so(account: Account) -> Non
     assert row.last_error == "the relay was cancelled without a stop request (the hub process is shutting down)"
     dropped = await db(lambda: row.events.get(event="DroppedStream"))()
     assert dropped.params["Error"] == row.last_error
+
+
+async def test_a_steady_buffer_is_pictured_by_its_ends_not_by_a_sample_a_second(account: Account) -> None:
+    """The buffer's picture (Stream.buffer_samples, the console's chart) keeps the ends of a flat
+    stretch: a healthy stream's samples stay a few lists however long it lasts (memory per call
+    must not grow with its duration), and every change is still drawn."""
+    stream = await db(_stream)(account)
+    relay = StreamRelay(session=FakeHost(), stream=stream, gateway_rate=8000)
+    buffer = SimpleNamespace(usage_pct=0.0)
+    relay.buffer = buffer  # type: ignore[assignment]  # only its fill is read here
+    t0 = relay.started_mono
+    for second in range(600):
+        relay._sample(t0 + second)
+    assert relay.samples == [[0.0, 0.0], [599.0, 0.0]]
+    for second, usage in ((600, 30.0), (601, 30.0), (602, 30.0), (603, 0.0), (604, 0.0)):
+        buffer.usage_pct = usage
+        relay._sample(t0 + second)
+    assert relay.samples == [[0.0, 0.0], [599.0, 0.0], [600.0, 30.0], [602.0, 30.0], [603.0, 0.0], [604.0, 0.0]]
