@@ -36,6 +36,18 @@ the gateway's record. The suppressor's flushed tail (one frame after the last) i
 --burst N: N more calls arrive within one second, 1 s into the steady window, on top of the
 --calls live ones; latency and steady_frames then count the live calls only, and the output
 adds burst_started (burst calls whose customer got audio), burst_setup_p50/p99_ms and live_lost.
+--expect-refusals (bench/run.py --overload): the hub is offered more calls than it admits. A call
+it refuses cleanly (HTTP 503 on the upgrade, or a close with code 4503 before any media reached
+its customer; the reason is the 503's body, or the close's reason, else the hub's last error
+message) is counted as refused, not as an error, and sends nothing more; anything else (another
+status or close code, a refusal after media flowed, lost frames) fails as without the flag. The
+output adds offered, admitted (calls whose customer got `start`), refused, refused_503,
+refused_4503, refusal_reasons ({reason: calls}), refusing_frames and refusing_p99_ms (the admitted
+calls' frames sent from the first refusal to the steady window, and their added latency: the
+refusals happen while the calls arrive, before the window); sent, received, lost and the
+latencies count the calls that were not refused. The steady window is on the clock, as without
+the flag, so refused calls cannot hold it back: it begins once every call has arrived, admitted or
+refused.
 Usage: python bench/loadgen.py --url ws://…[,ws://…] --calls N --seconds S
 """
 
@@ -46,6 +58,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import gc
 import hashlib
@@ -146,6 +159,10 @@ class HandshakeError(Exception):
     pass
 
 
+class Refused(Exception):
+    """--expect-refusals: the hub refused the call cleanly (HTTP 503 on the upgrade, or close 4503)."""
+
+
 class Stats:
     def __init__(self, calls: int) -> None:
         self.sent = [0] * calls
@@ -175,6 +192,14 @@ class Stats:
         self.tail_frames = 0
         self.base_calls = calls  # calls with index >= base_calls are a --burst's
         self.burst_setup: list[float] = []
+        # --expect-refusals: the calls refused cleanly, {index: (how, reason)} with how "503" or
+        # "4503"; the customers that got `start`; the admitted calls' latencies (µs) for frames sent
+        # from the first refusal until the steady window
+        self.expect_refusals = False
+        self.refused: dict[int, tuple[str, str]] = {}
+        self.started = [False] * calls
+        self.refusing_from_us = 1 << 62
+        self.refusing_latencies: list[int] = []
 
 
 class WsConn(asyncio.Protocol, abc.ABC):
@@ -193,6 +218,9 @@ class WsConn(asyncio.Protocol, abc.ABC):
     @abc.abstractmethod
     def on_head(self, head: str) -> bool:
         """The peer's HTTP head (request or response); False refuses the connection."""
+
+    def after_refused_head(self, rest: bytes) -> None:
+        """What followed a head that on_head refused (a refusal's body); ignored unless overridden."""
 
     @abc.abstractmethod
     def on_frame(self, b0: int, payload: bytes | bytearray) -> None:
@@ -214,6 +242,7 @@ class WsConn(asyncio.Protocol, abc.ABC):
             data = bytes(self.buf[end + 4 :])
             self.buf.clear()
             if not self.on_head(head):
+                self.after_refused_head(data)
                 return
             self.head_done = True
             if not data:
@@ -405,6 +434,8 @@ class Customer(WsConn):
         if stats.steady_from_us <= sent_us < stats.steady_until_us and idx < stats.base_calls:
             stats.latencies.append(self.at - sent_us)  # every (live) call up and sending
             stats.steady_frames += 1
+        elif stats.refusing_from_us <= sent_us < stats.steady_from_us:  # --expect-refusals: while refusing
+            stats.refusing_latencies.append(self.at - sent_us)
         stats.received[idx] += 1
         last = stats.last[idx]
         if number == last:
@@ -438,6 +469,7 @@ class Customer(WsConn):
             self.last_seq = seq
         self.started = True
         stats.connected += 1
+        stats.started[self.index] = True
         if stats.drift_seconds:  # one continuous clip: playback drift over its whole length
             assert self.transport is not None
             self.transport.write(PLAY_FRAME * int(stats.drift_seconds))
@@ -506,6 +538,11 @@ class Gateway(WsConn):
         self.arrivals: list[float] = []
         self.last_text = b""
         self.start = 0.0
+        # --expect-refusals: (how, reason) once the hub refused the call cleanly; a 503's body so far
+        self.refusal: tuple[str, str] | None = None
+        self.refusal_body: bytearray | None = None
+        self.refusal_length = -1
+        self.failure: Exception | None = None  # the first failure (one between the 101 and the clock raises there)
         self.mask = os.urandom(4)
         # 0x82 0xFE 0x01 0x40: FIN+BINARY, MASK + 16-bit length, 320; then the key. The
         # padding starts at offset 16, a multiple of 4, so it is masked once per connection.
@@ -525,6 +562,8 @@ class Gateway(WsConn):
 
     def fail(self, exc: Exception) -> None:
         self.dead = True
+        if self.failure is None:
+            self.failure = exc
         if not self.opened.done():
             self.opened.set_exception(exc)
         elif self.scheduled and not self.done.done():
@@ -535,12 +574,62 @@ class Gateway(WsConn):
     def protocol_error(self, why: str) -> None:
         self.fail(ConnectionError(f"call {self.index}: {why}"))
 
+    def refuse(self, how: str, reason: str) -> None:
+        """--expect-refusals: the hub refused this call cleanly; it sends nothing more."""
+        if self.dead:  # already failed (or refused)
+            return
+        self.dead = True
+        self.refusal = (how, reason)
+        self.stats.refusing_from_us = min(self.stats.refusing_from_us, now_us())
+        if not self.opened.done():
+            self.opened.set_exception(Refused(f"call {self.index}: refused ({how} {reason!r})"))
+        elif self.scheduled and not self.done.done():
+            self.done.set_result(None)
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.refusal_body is not None:  # the rest of a 503's body
+            self.refusal_body += data
+            self.refusal_read()
+            return
+        WsConn.data_received(self, data)
+
+    def after_refused_head(self, rest: bytes) -> None:
+        if self.refusal_body is not None:
+            self.refusal_body += rest
+            self.refusal_read()
+
+    def refusal_read(self, eof: bool = False) -> None:
+        """A 503's body (its Content-Length, or up to the end of the connection) is the reason."""
+        body = self.refusal_body
+        assert body is not None
+        if eof or 0 <= self.refusal_length <= len(body):
+            end = self.refusal_length if self.refusal_length >= 0 else len(body)
+            self.refuse("503", bytes(body[:end]).decode("utf-8", "replace").strip())
+
+    def close_reason(self, reason: str) -> str:
+        """A 4503's reason: the close frame's, else the hub's last `error` message before it."""
+        if reason:
+            return reason
+        text = self.last_text.decode("utf-8", "replace")
+        try:
+            msg = json.loads(text)
+            return str(msg["data"]["error"])
+        except (ValueError, KeyError, TypeError):
+            return text
+
     def on_head(self, head: str) -> bool:
         lines = head.split("\r\n")
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+        if self.stats.expect_refusals and lines[0].split(" ", 2)[1:2] == ["503"]:
+            self.refusal_body = bytearray()  # refused on the upgrade: the reason is the body
+            length = headers.get("content-length", "")
+            self.refusal_length = int(length) if length.isdigit() else -1
+            return False
         problem = self.handshake_problem(lines[0], headers)
         if problem:
             self.fail(HandshakeError(f"call {self.index}: {problem}"))
@@ -578,7 +667,7 @@ class Gateway(WsConn):
                 if self.stats.steady_from_us <= at * 1e6 < self.stats.steady_until_us:
                     self.stats.steady_play_frames += 1
         elif opcode == OP_TEXT:
-            self.last_text = bytes(payload[:200])  # events (ignored); kept for error messages
+            self.last_text = bytes(payload[:500])  # events (ignored); kept for error messages and refusals
         elif opcode == OP_PING:
             self.send(OP_PONG, bytes(payload))
         elif opcode == OP_CLOSE:
@@ -588,13 +677,18 @@ class Gateway(WsConn):
                 self.close_sent = True
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 reason = bytes(payload[2:]).decode("utf-8", "replace")
-                said = f", last text {self.last_text!r}" if self.last_text else ""
-                self.fail(ConnectionError(f"call {self.index}: hub closed the WebSocket ({code} {reason!r}){said}"))
+                if code == 4503 and self.stats.expect_refusals and not self.stats.received[self.index]:
+                    self.refuse("4503", self.close_reason(reason))  # refused before any media reached the customer
+                else:
+                    said = f", last text {self.last_text!r}" if self.last_text else ""
+                    self.fail(ConnectionError(f"call {self.index}: hub closed the WebSocket ({code} {reason!r}){said}"))
             assert self.transport is not None
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close_seen.set()
+        if self.refusal_body is not None and not self.dead:
+            self.refusal_read(eof=True)
         if not self.dead:
             said = f" ({exc!r})" if exc else ""
             self.fail(ConnectionError(f"call {self.index}: connection lost{said}"))
@@ -730,9 +824,19 @@ async def gateway(
             await asyncio.wait_for(open_(), OPEN_TIMEOUT)
         except TimeoutError:
             raise TimeoutError(f"call {index}: no WebSocket after {OPEN_TIMEOUT:.0f} s") from None
+        except Refused:  # --expect-refusals: HTTP 503 on the upgrade
+            assert proto.refusal is not None
+            stats.refused[index] = proto.refusal
+            return
         proto.send(OP_TEXT, json.dumps(meta).encode())
-        clock.add(proto)
-        await proto.done
+        if proto.failure is not None:  # e.g. the hub closed the call in the same read as its 101
+            raise proto.failure
+        if proto.refusal is None:  # (a 4503 may come in the same read as the 101)
+            clock.add(proto)
+            await proto.done
+        if proto.refusal is not None:  # --expect-refusals: closed with 4503 before any media reached the customer
+            stats.refused[index] = proto.refusal
+            return
         await asyncio.sleep(TAIL_SECONDS)  # let the tail drain before hanging up
         await proto.hang_up()
     finally:
@@ -787,11 +891,15 @@ async def main() -> None:
     parser.add_argument(
         "--burst", type=int, default=0, help="N more calls arriving within 1 s, 1 s into the steady window"
     )
+    parser.add_argument(
+        "--expect-refusals", action="store_true", help="a call the hub refuses (HTTP 503, close 4503) is not an error"
+    )
     args = parser.parse_args()
     cpu0, wall0 = time.process_time(), time.monotonic()
     targets = [Target(u.strip()) for u in args.url.split(",") if u.strip()]
     stats = Stats(args.calls + args.burst)
     stats.base_calls = args.calls
+    stats.expect_refusals = args.expect_refusals
     if args.noise_cancellation:
         stats.noise, stats.speech = True, noisy_speech_frames()
     if args.drift:
@@ -846,14 +954,17 @@ async def main() -> None:
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     lat = [v / 1000 for v in stats.latencies]
     burst_started = sum(1 for i in range(args.calls, args.calls + args.burst) if stats.received[i])
+    # --expect-refusals: a refused call's frames (sent before its 4503 came) were never meant to arrive
+    sent = sum(n for i, n in enumerate(stats.sent) if i not in stats.refused)
+    received = sum(n for i, n in enumerate(stats.received) if i not in stats.refused)
     out: dict[str, Any] = {
         "calls": args.calls,
         "connected": stats.connected,
         "errors": errors[:3],
         "error_count": len(errors),
-        "sent": sum(stats.sent),
-        "received": sum(stats.received),
-        "lost": sum(stats.sent) - sum(stats.received),
+        "sent": sent,
+        "received": received,
+        "lost": sent - received,
         "duplicates": stats.duplicates,
         "out_of_order": stats.out_of_order,
         "setup_p50_ms": round(1000 * pct(stats.setup, 0.5), 1),
@@ -878,6 +989,21 @@ async def main() -> None:
                 "burst_setup_p50_ms": round(1000 * pct(stats.burst_setup, 0.5), 1),
                 "burst_setup_p99_ms": round(1000 * pct(stats.burst_setup, 0.99), 1),
                 "live_lost": base_sent - sum(stats.received[: args.calls]),
+            }
+        )
+    if args.expect_refusals:
+        how = collections.Counter(h for h, _ in stats.refused.values())
+        refusing = [v / 1000 for v in stats.refusing_latencies]
+        out.update(
+            {
+                "offered": args.calls + args.burst,
+                "admitted": sum(1 for i, up in enumerate(stats.started) if up and i not in stats.refused),
+                "refused": len(stats.refused),
+                "refused_503": how["503"],
+                "refused_4503": how["4503"],
+                "refusal_reasons": dict(collections.Counter(r for _, r in stats.refused.values()).most_common()),
+                "refusing_frames": len(refusing),
+                "refusing_p99_ms": round(pct(refusing, 0.99), 2) if refusing else None,
             }
         )
     if args.bidi:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/run.py [--server daphne|uvicorn|both|NAME[@DIR],…] [--calls 100,200,…]
                                   [--seconds 10] [--bidi [--drift]] [--processes 2] [--tls]
                                   [--relays reference,picows | --no-reference] [--allow-noise]
-                                  [--noise-cancellation]
+                                  [--noise-cancellation] [--capacity N --overload K]
 
 The hub runs with production settings (PostgreSQL + Redis from DATABASE_URL/REDIS_URL,
 defaulting to the local servers, a Celery worker running) pinned to CPU 0 with taskset;
@@ -35,6 +35,20 @@ when every burst call starts and the live calls lose nothing and keep p99 < 20 m
 then includes the burst's set-up).
 Memory: KB/call is the RSS growth over a step; a step of 120 s or more (`--seconds 600`) also
 prints the server's RSS one minute into the steady window against its end (growth at capacity).
+--overload K --capacity N (e.g. `--server uvicorn --no-reference --capacity 600 --overload 2
+--calls 600`): "offered K× capacity". The hub runs with STREAMHUB_MAX_CALLS=N (per hub process;
+otherwise the bench gives it 5000) and each step offers K × its --calls calls, the generator
+counting a clean refusal (HTTP 503 on the upgrade, or close 4503 before any media) as refused, not
+as a failure (loadgen --expect-refusals). With --bidi, N is in weight units: ≈ N / 2.7
+(STREAMHUB_BIDI_STREAM_WEIGHT) bidirectional calls fit. A step passes when the admitted calls lose
+nothing and keep p99 < 20 ms, also from the first refusal to the steady window (refusals happen
+while the calls arrive; with --bidi the playback targets too), every other offered call was refused
+cleanly with a documented reason ("hub at capacity…" or "hub overloaded (event loop lagging)…"),
+and the admitted calls are at least 90 % of what the capacity allows (N one-way calls, or
+floor(N / 2.7) bidirectional ones, at most the offered calls) and no more than it. Each step prints
+offered/admitted/refused (by code and reason) after its row; setup ms and KB/call are per offered
+call. The plain relays have no admission: --overload refuses to run them (give --no-reference,
+and hubs only in --server); --ab and --burst are not combined with it.
 --tls: the customers are wss:// (a throwaway CA made with openssl, given to the hub as
 STREAMHUB_CUSTOMER_CA_BUNDLE and to the relays the same way).
 The machine is shared: every step records the load average and the CPU used by processes
@@ -47,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -374,12 +389,91 @@ def ok(result: dict[str, Any]) -> bool:
         and result.get("play_drift_max_ms", 0) < 20
         and result.get("burst_started", 0) == result.get("burst", 0)
         and result.get("live_lost", 0) == 0
+        and overload_ok(result)
     )
+
+
+def bidi_weight() -> float:
+    """What a bidirectional call weighs against STREAMHUB_MAX_CALLS (the hub's default unless set)."""
+    return float(os.environ.get("STREAMHUB_BIDI_STREAM_WEIGHT") or 2.7)
+
+
+def capacity_allows(bidi: bool) -> int:
+    """--overload: the calls the hub's capacity admits, over all its processes: N one-way calls
+    per process, or floor(N / weight) bidirectional ones."""
+    per_process = math.floor(CAPACITY / bidi_weight() + 1e-9) if bidi else CAPACITY
+    return PROCESSES * per_process
+
+
+def overload_ok(result: dict[str, Any]) -> bool:
+    """--overload: every offered call admitted or refused cleanly with a documented reason; the
+    admitted ones at least 90 % of what the capacity allows (and no more); the admitted calls'
+    p99 < 20 ms also while the excess calls were being refused. True without --overload."""
+    o = result.get("overload")
+    if not o:
+        return True
+    admitted, refused = result.get("admitted", 0), result.get("refused", 0)
+    return (
+        result.get("offered") == o["offered"]
+        and admitted + refused == o["offered"]
+        and refused == result.get("refused_503", 0) + result.get("refused_4503", 0)
+        and all(reason.startswith(CAPACITY_REASONS) for reason in result.get("refusal_reasons") or {})
+        and 0.9 * o["expected"] <= admitted <= o["allowed"]
+        and (result.get("refusing_p99_ms") or 0) < 20
+    )
+
+
+def overload_line(r: dict[str, Any]) -> str:
+    """--overload: a step's offered/admitted/refused (by code and reason) and whether it passed."""
+    o = r["overload"]
+    reasons = ", ".join(f"{reason!r} {n}" for reason, n in (r.get("refusal_reasons") or {}).items())
+    return (
+        f"#   overload {r['server']} step {o['step']}: offered {o['offered']}, admitted {r.get('admitted', '-')}"
+        f" (capacity {o['capacity']} allows {o['allowed']}, pass at >= {math.ceil(0.9 * o['expected'])}),"
+        f" refused {r.get('refused', '-')} (503: {r.get('refused_503', '-')}, 4503: {r.get('refused_4503', '-')}"
+        + (f"; {reasons}" if reasons else "")
+        + f"), other errors {r.get('error_count', '-')}, lost {r.get('lost', '-')}, p99 {r.get('p99_ms', '-')} ms"
+        + (
+            f" (while refusing {r['refusing_p99_ms']} ms over {r.get('refusing_frames')} frames)"
+            if r.get("refusing_p99_ms") is not None
+            else " (no frames sent while refusing)"
+        )
+        + ": "
+        + ("PASS" if ok(r) else "FAIL")
+    )
+
+
+def measure_step(
+    name: str,
+    urls: list[str],
+    pids_of: Any,
+    calls: int,
+    seconds: float,
+    auth: str,
+    bidi: bool,
+    drift: bool = False,
+    extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """One step of a ramp: `calls` calls, or with --overload K × calls offered to the hub's capacity."""
+    if not OVERLOAD:
+        return measure(name, urls, pids_of, calls, seconds, auth, bidi, drift, extra)
+    offered = round(OVERLOAD * calls)
+    result = measure(name, urls, pids_of, offered, seconds, auth, bidi, drift, (*extra, "--expect-refusals"))
+    allowed = capacity_allows(bidi)
+    result["overload"] = {
+        "step": calls,
+        "offered": offered,
+        "capacity": CAPACITY,
+        "allowed": allowed,
+        "expected": min(offered, allowed),
+    }
+    return result
 
 
 def row(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{r['server']:<10} load generator failed: {r['error']}"
+    passed = ok(r)  # on the figures, before None is shown as "-"
     r = {k: ("-" if v is None else v) for k, v in r.items()}
     return (
         f"{r['server']:<10} {r['calls']:>5} {r.get('sent', 0):>8} {r.get('received', 0):>8} {r.get('lost', '-'):>6} "
@@ -400,7 +494,7 @@ def row(r: dict[str, Any]) -> str:
             if "burst" in r
             else ""
         )
-        + ("" if ok(r) else "  <- limit")
+        + ("" if passed else "  <- limit")
         + (f"  NOISY (load {r.get('load_avg')})" if r.get("noisy") is True else "")
         + (
             f"  RSS {r['rss_steady_mb'][0]} MB at {r['rss_steady_at_s'][0]} s -> {r['rss_steady_mb'][1]} MB"
@@ -438,13 +532,17 @@ def ramp(
     capacity = 0
     results: dict[int, dict[str, Any]] = {}
     for calls in steps:
-        result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift, extra)
+        result = measure_step(name, urls, pids_of, calls, seconds, auth, bidi, drift, extra)
         print(row(result), flush=True)
+        if "overload" in result:
+            print(overload_line(result), flush=True)
         if not ok(result) and "error" not in result:
             # one stall on a shared VM can fail a step the server carries: a limit is a step
             # that fails twice in a row (the same rule for the hub and the reference)
-            result = measure(name, urls, pids_of, calls, seconds, auth, bidi, drift, extra)
+            result = measure_step(name, urls, pids_of, calls, seconds, auth, bidi, drift, extra)
             print(row(result) + "  (step run again)", flush=True)
+            if "overload" in result:
+                print(overload_line(result), flush=True)
         results[calls] = result
         if not ok(result):
             break
@@ -455,6 +553,11 @@ def ramp(
 BENCH_PIDS: list[int] = []  # the Celery worker's processes (for the noise check)
 CUSTOMER_TLS = ""  # "cert,key" with --tls: the load generator's customers serve wss://
 BURST = 0  # --burst N
+OVERLOAD = 0.0  # --overload K: each step offers K × its calls
+CAPACITY = 0  # --capacity N: the hub's STREAMHUB_MAX_CALLS with --overload
+PROCESSES = 1  # --processes: each hub process admits up to CAPACITY
+# the refusals the hub documents for a full or lagging process (streams/live/ingest.py, bench/RESULTS.md)
+CAPACITY_REASONS = ("hub at capacity", "hub overloaded (event loop lagging)")
 RELAYS = {"reference": "reference_relay.py", "picows": "picows_relay.py"}
 
 
@@ -545,7 +648,7 @@ def ab_run(
 
 
 def main() -> None:
-    global CUSTOMER_TLS, BURST
+    global CUSTOMER_TLS, BURST, OVERLOAD, CAPACITY, PROCESSES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default="both", help="daphne, uvicorn, both, or NAME[@DIR],… (see above)")
     parser.add_argument("--calls", default="100,200,300,400,500,600,700,800")
@@ -576,12 +679,43 @@ def main() -> None:
         default=1,
         help="hub processes sharing PostgreSQL and Redis; calls are spread over them like a least-connections proxy",
     )
+    parser.add_argument(
+        "--overload",
+        type=float,
+        default=0,
+        help="K: each step offers K × its calls to a hub admitting --capacity; clean refusals are counted, not failed",
+    )
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        help="with --overload: the hub's STREAMHUB_MAX_CALLS (per process; weight units with --bidi)",
+    )
     args = parser.parse_args()
     steps = [int(n) for n in args.calls.split(",")]
     BURST = args.burst
+    servers = ["daphne", "uvicorn"] if args.server == "both" else args.server.split(",")
+    # the plain relays have no suppressor: with --noise-cancellation, compare with a run of the hub without it
+    no_relays = args.no_reference or args.bidi or args.noise_cancellation
+    relays = [] if no_relays else [r for r in args.relays.split(",") if r]
+    if args.capacity and not args.overload:
+        parser.error("--capacity is the hub's capacity for --overload K: give both")
+    if args.overload:
+        if args.overload <= 0 or args.capacity <= 0:
+            parser.error("--overload K needs K > 0 and --capacity N (the hub's STREAMHUB_MAX_CALLS), N > 0")
+        if relays or any(s.partition("@")[0] in RELAYS for s in servers):
+            parser.error(
+                "--overload: the plain relays (reference, picows) have no admission control and refuse no call;"
+                " give --no-reference and hubs only in --server"
+            )
+        if args.ab or args.burst:
+            parser.error("--overload is not combined with --ab or --burst")
+        OVERLOAD, CAPACITY, PROCESSES = args.overload, args.capacity, args.processes
     data_dir = ROOT / "var" / "bench"
     data_dir.mkdir(parents=True, exist_ok=True)
     env = env_for_hub(data_dir)
+    if OVERLOAD:
+        env["STREAMHUB_MAX_CALLS"] = str(CAPACITY)
     if args.tls:
         ca, cert, key = make_tls(data_dir / "tls")
         env["STREAMHUB_CUSTOMER_CA_BUNDLE"] = str(ca)
@@ -594,7 +728,27 @@ def main() -> None:
         + (" · wss:// customers" if args.tls else "")
         + (" · noise cancellation on every stream" if args.noise_cancellation else "")
         + (f" · {args.processes} hub processes" if args.processes > 1 else "")
+        + (
+            f" · overload: {OVERLOAD:g}× each step's calls offered to STREAMHUB_MAX_CALLS={CAPACITY}"
+            + (" per process" if PROCESSES > 1 else "")
+            if OVERLOAD
+            else ""
+        )
     )
+    if OVERLOAD:
+        if args.bidi:
+            w = bidi_weight()
+            print(
+                f"# capacity {CAPACITY} is in weight units: a bidirectional call weighs {w:g}, so ≈ {CAPACITY / w:.1f}"
+                f" bidirectional calls fit per process ({capacity_allows(True)} in all); each step passes with"
+                " >= 90 % of them admitted"
+            )
+        else:
+            print(
+                f"# capacity: {capacity_allows(False)} one-way calls in all; each step passes with >= 90 % of them"
+                " (or of the offered calls, when fewer) admitted"
+            )
+        print("# calls = offered calls; setup ms and KB/call are per offered call")
     print(f"# uptime: {uptime}")
     print(LEGEND)
     print(HEAD)
@@ -614,7 +768,6 @@ def main() -> None:
         if args.ab:
             ab_run(args.ab.split(","), steps, args.seconds, auth, args.bidi, args.drift, logs, env)
             return
-        servers = ["daphne", "uvicorn"] if args.server == "both" else args.server.split(",")
         for server in servers:
             ports = [free_port() for _ in range(args.processes)]
             variants = [hub_variant(server, port) for port in ports]
@@ -639,9 +792,6 @@ def main() -> None:
             finally:
                 for proc in procs:
                     stop(proc)
-        # the plain relays have no suppressor: with --noise-cancellation, compare with a run of the hub without it
-        no_relays = args.no_reference or args.bidi or args.noise_cancellation
-        relays = [] if no_relays else [r for r in args.relays.split(",") if r]
         for relay in relays:
             port = free_port()
             proc = start(
@@ -657,9 +807,17 @@ def main() -> None:
     finally:
         stop(worker)
     print(f"# uptime at the end: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
-    print(
-        "# capacity (largest N with zero loss and p99 < 20 ms): " + ", ".join(f"{k} {v}" for k, v in capacities.items())
-    )
+    if OVERLOAD:
+        print(
+            f"# overload {OVERLOAD:g}× (largest step whose offered calls were admitted up to capacity {CAPACITY} or"
+            " refused cleanly, the admitted ones with zero loss and p99 < 20 ms): "
+            + ", ".join(f"{k} {v}" for k, v in capacities.items())
+        )
+    else:
+        print(
+            "# capacity (largest N with zero loss and p99 < 20 ms): "
+            + ", ".join(f"{k} {v}" for k, v in capacities.items())
+        )
     hubs = [name for name in tables if name not in RELAYS]
     for base in [r for r in RELAYS if capacities.get(r)]:
         for name in hubs:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from streams.models import Account, Stream, StreamEvent
 from tests.conftest import ROOT, Proc, free_port
@@ -95,3 +96,44 @@ async def test_noise_cancellation_mode_counts_frames_by_chunk_through_a_hub(hub:
         return StreamEvent.objects.filter(stream__account=account, event="NoiseCancellationSummary").count()
 
     await eventually(db(lambda: suppressed_streams() == 3))
+
+
+async def test_expect_refusals_counts_the_calls_a_full_hub_refuses_apart_from_the_admitted_ones(
+    hub_factory: Any, account: Account
+) -> None:
+    """bench/run.py --overload's generator: 6 one-way calls offered to a uvicorn hub that admits 3.
+    The 3 refused get HTTP 503 with the capacity reason and are not errors; the 3 admitted lose
+    nothing, and loss and latency count them only. Then the two-step refusal: a bidirectional call
+    (weight 2 here) whose upgrade fits but whose metadata does not is closed with 4503."""
+    hub: Proc = hub_factory(server="uvicorn", STREAMHUB_MAX_CALLS="3", STREAMHUB_BIDI_STREAM_WEIGHT="2")
+    url, auth = f"{hub.ws}/ingest/audio-fork", f"{account.auth_id}:{account.auth_token}"
+
+    async def loadgen(*args: str) -> tuple[dict[str, Any], str]:
+        def idle() -> bool:  # the previous run's calls have left: the whole capacity is free
+            return bool(requests.get(f"{hub.http}/readyz", timeout=5).json()["weight"] == 0)
+
+        await eventually(lambda: asyncio.to_thread(idle))
+        return await asyncio.to_thread(run_loadgen, "--url", url, "--auth", auth, "--ramp-seconds", "0.5", *args)
+
+    result, stderr = await loadgen("--calls", "6", "--seconds", "2", "--expect-refusals")
+    assert result["error_count"] == 0, result["errors"]
+    assert result["offered"] == 6 and result["admitted"] == 3 and result["connected"] == 3
+    assert result["refused"] == 3 and result["refused_503"] == 3 and result["refused_4503"] == 0
+    [(reason, n)] = result["refusal_reasons"].items()
+    assert n == 3 and reason.startswith("hub at capacity")
+    assert result["sent"] == 3 * 2 * 50 and result["received"] == result["sent"] and result["lost"] == 0
+    assert result["duplicates"] == 0 and result["out_of_order"] == 0 and result["invalid"] == 0
+    assert stderr.splitlines()[:2] == ["steady-start", "steady-end"] and result["steady_frames"] > 0
+    assert result["refusing_frames"] > 0 and result["refusing_p99_ms"] is not None
+
+    # without the flag a refusal is a failure, as before
+    plain, _ = await loadgen("--calls", "4", "--seconds", "1")
+    assert "refused" not in plain and plain["connected"] == 3 and plain["error_count"] == 1
+    assert "503" in plain["errors"][0]
+
+    # the first call weighs 2; the second one's upgrade (2 + 1) fits, its metadata (2 + 2) does not: 4503
+    bidi, _ = await loadgen("--calls", "2", "--seconds", "2", "--bidi", "--expect-refusals")
+    assert bidi["error_count"] == 0, bidi["errors"]
+    assert bidi["admitted"] == 1 and bidi["refused"] == 1 and bidi["refused_4503"] == 1
+    assert list(bidi["refusal_reasons"]) == ["hub at capacity for this call's streams: try another hub process"]
+    assert bidi["sent"] == 2 * 50 and bidi["lost"] == 0 and bidi["play_frames"] > 0
