@@ -4,7 +4,8 @@
 
 Runs the database side of N calls one after another, as the hub does for a gateway call with one
 one-way stream and no status callback: authenticate the gateway, open the call with its stream,
-mark the stream started (with its queued debug rows), end it, end the call. Each step's thread
+mark the stream started (with its queued debug rows), end it, end the call (one step, the stream's end
+inside the call's, where the tree does that; --separate: two). Each step's thread
 CPU (time.thread_time: user + system of this thread, so other processes' load shows up far less
 than in wall time) is averaged per call. --tree DIR imports the code of another checkout (e.g.
 `git archive` of an older commit; its own sequence of calls is used when it predates the batched
@@ -27,6 +28,7 @@ from typing import Any
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--calls", type=int, default=100)
 parser.add_argument("--tree", default=str(Path(__file__).resolve().parent.parent))
+parser.add_argument("--separate", action="store_true", help="stream end, then call end (before 556ffc8)")
 args = parser.parse_args()
 sys.path.insert(0, str(Path(args.tree).resolve()))
 os.chdir(args.tree)
@@ -62,6 +64,9 @@ def step(name: str, fn: Any, *a: Any, **k: Any) -> Any:
 creds = base64.b64encode(f"{account.auth_id}:{account.auth_token}".encode())
 scope = {"headers": [(b"authorization", b"Basic " + creds)], "query_string": b""}
 batched = hasattr(services, "call_open_with_streams")
+folded = "stream_ends" in inspect.signature(services.call_end).parameters  # --separate: the old two steps
+if args.separate:
+    folded = False
 stats = {"frames_sent": 100, "played_ms": 0, "buffer_samples": [[0, 0]]}
 text = '{"callId": null, "streams": [{"serviceUrl": "ws://127.0.0.1:9/c/1"}]}'
 cached = getattr(gateway_auth, "cached", lambda scope: None)  # older trees query every time
@@ -95,8 +100,12 @@ for _ in range(args.calls):
             "connected + started", services.stream_log_batch, stream=stream, entries=[("Connected", "", {"Attempt": 1})]
         )
         step("connected + started", services.stream_mark_started, stream=stream)
-    step("stream end", services.stream_end, stream=stream, reason="Call hangup", stats=stats, notify_session=False)
-    step("call end", services.call_end, call=call, notify_session=False)
+    if folded:  # the session's hang-up: the stream's end written in the call's transaction
+        end = {"stream": stream, "reason": "Call hangup", "stats": stats, "log_entries": []}
+        step("hang-up (stream + call end)", services.call_end, call=call, notify_session=False, stream_ends=[end])
+    else:
+        step("stream end", services.stream_end, stream=stream, reason="Call hangup", stats=stats, notify_session=False)
+        step("call end", services.call_end, call=call, notify_session=False)
 load = " ".join(f"{v:.2f}" for v in os.getloadavg())
 print(f"# {args.calls} calls, code from {args.tree}, load average {load}")
 for name, seconds in times.items():
