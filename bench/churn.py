@@ -1,0 +1,159 @@
+"""Whole-process CPU of a call's set-up and hang-up, with no audio in between.
+
+    .venv/bin/python bench/churn.py [--server uvicorn,reference,picows,NAME@DIR] [--calls 300] [--rate 50]
+
+bench/run.py's "setup ms" is what a step cost beyond relaying its frames at the steady window's
+price; frames relayed while the calls arrive cost more than that (fewer calls share each loop
+wake-up), so it overstates set-up. This measures it alone: each call connects as a
+`mod_audio_fork` gateway, sends its metadata (one one-way stream, no status callback), waits until
+its customer has the `start` message, hangs up, and waits until the customer's socket is closed.
+Calls arrive at --rate a second (--concurrency at most in flight). The server runs as in
+bench/run.py (production settings, PostgreSQL, Redis, pinned to CPU 0; this client on CPU 1);
+its CPU (every thread, the database threads included) over the run, minus what it burns idle over
+the same time, divided by the calls, is the set-up + hang-up cost per call. The plain relays
+(`reference`, `picows`) are measured the same way for the floor: a WebSocket accepted, one dialled,
+both closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from run import (  # type: ignore[import-not-found]  # bench/run.py, beside this file
+    LOAD_CPU,
+    SERVER_CPU,
+    cpu_seconds,
+    env_for_hub,
+    free_port,
+    hub_variant,
+    loadavg,
+    pinned,
+    prepare_db,
+    start,
+    stop,
+    tree,
+    wait_port,
+)
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+IDLE_SECONDS = 3.0  # the server's idle CPU is measured over this long before the calls
+SETTLE_SECONDS = 2.0  # after the last call: the hang-up's database writes finish
+
+
+async def churn(url: str, auth: str, calls: int, rate: float, concurrency: int) -> tuple[int, list[float], list[str]]:
+    """Run the calls: (calls completed, set-up seconds of each: connect to the customer's `start`,
+    the failed calls' errors)."""
+    started: dict[str, asyncio.Future[None]] = {}
+    closed: dict[str, asyncio.Future[None]] = {}
+
+    async def customer(ws: ServerConnection) -> None:
+        key = ws.request.path.rsplit("/", 1)[-1] if ws.request else ""
+        async for message in ws:
+            if isinstance(message, str) and '"start"' in message and not started[key].done():
+                started[key].set_result(None)
+        if key in closed and not closed[key].done():
+            closed[key].set_result(None)
+
+    port = free_port()
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    gate = asyncio.Semaphore(concurrency)
+    setups: list[float] = []
+    done = 0
+
+    async def call(index: int) -> None:
+        nonlocal done
+        key = str(index)
+        loop = asyncio.get_running_loop()
+        started[key], closed[key] = loop.create_future(), loop.create_future()
+        meta = {"callId": None, "streams": [{"serviceUrl": f"ws://127.0.0.1:{port}/c/{key}"}]}
+        async with gate:
+            t0 = time.monotonic()
+            async with connect(url, additional_headers=headers, subprotocols=["audio.drachtio.org"]) as ws:  # type: ignore[list-item]
+                await ws.send(json.dumps(meta))
+                await asyncio.wait_for(started[key], 10)
+                setups.append(time.monotonic() - t0)
+            await asyncio.wait_for(closed[key], 10)
+            done += 1
+
+    async with serve(customer, "127.0.0.1", port):
+        tasks = []
+        for i in range(calls):
+            tasks.append(asyncio.create_task(call(i)))
+            await asyncio.sleep(1 / rate)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    return done, setups, [repr(r) for r in results if isinstance(r, BaseException)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", default="uvicorn,reference,picows", help="NAME[@DIR],… as in bench/run.py")
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=50.0, help="calls arriving per second")
+    parser.add_argument("--concurrency", type=int, default=50, help="calls in flight at most")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # URL,AUTH: run the client side only
+    args = parser.parse_args()
+    if args.child:
+        url, _, auth = args.child.partition(",")
+        done, setups, errors = asyncio.run(churn(url, auth, args.calls, args.rate, args.concurrency))
+        setups.sort()
+        p50 = setups[len(setups) // 2] if setups else 0.0
+        p99 = setups[min(len(setups) - 1, int(len(setups) * 0.99))] if setups else 0.0
+        figures = {"done": done, "setup_p50_ms": 1000 * p50, "setup_p99_ms": 1000 * p99, "errors": errors[:5]}
+        print(json.dumps({**figures, "failed": len(errors)}))
+        return
+    logs = Path(tempfile.mkdtemp(prefix="streamhub-churn-"))
+    env = env_for_hub(logs / "data")
+    auth = prepare_db(env)
+    print(f"# streamhub churn {time.strftime('%Y-%m-%d %H:%M:%S')} · load average {loadavg()} · {args.calls} calls")
+    print("server                 calls  done  cpu ms/call  idle cpu%  set-up p50/p99 ms")
+    for spec in args.server.split(","):
+        port = free_port()
+        cmd, root = hub_variant(spec, port)
+        proc = start(pinned(SERVER_CPU, cmd), env, logs / f"{spec.replace('/', '_')}.log", cwd=root)
+        try:
+            wait_port(port)
+            time.sleep(2.0)  # past start-up (imports, migrations check, first heartbeat)
+            pids = tree(proc.pid)
+            c0, w0 = cpu_seconds(pids), time.monotonic()
+            time.sleep(IDLE_SECONDS)
+            c1, w1 = cpu_seconds(pids), time.monotonic()
+            idle_rate = (c1 - c0) / (w1 - w0)
+            client = [
+                sys.executable,
+                __file__,
+                "--child",
+                f"ws://127.0.0.1:{port}/ingest/audio-fork,{auth}",
+                "--calls",
+                str(args.calls),
+                "--rate",
+                str(args.rate),
+                "--concurrency",
+                str(args.concurrency),
+            ]
+            out = subprocess.run(pinned(LOAD_CPU, client), capture_output=True, text=True, check=True).stdout
+            time.sleep(SETTLE_SECONDS)
+            c2, w2 = cpu_seconds(tree(proc.pid)), time.monotonic()
+            figures = json.loads(out.strip().splitlines()[-1])
+            if figures["failed"]:
+                print(f"# {spec}: {figures['failed']} calls failed, e.g. {figures['errors'][0]}", flush=True)
+            per_call = 1000 * ((c2 - c1) - idle_rate * (w2 - w1)) / max(1, figures["done"])
+            print(
+                f"{spec:22} {args.calls:5} {figures['done']:5} {per_call:12.2f} {100 * idle_rate:10.1f}"
+                f"  {figures['setup_p50_ms']:.1f} / {figures['setup_p99_ms']:.1f}",
+                flush=True,
+            )
+        finally:
+            stop(proc)
+
+
+if __name__ == "__main__":
+    main()
