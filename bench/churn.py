@@ -7,7 +7,9 @@ price; frames relayed while the calls arrive cost more than that (fewer calls sh
 wake-up), so it overstates set-up. This measures it alone: each call connects as a
 `mod_audio_fork` gateway, sends its metadata (one one-way stream, no status callback), waits until
 its customer has the `start` message, hangs up, and waits until the customer's socket is closed.
-Calls arrive at --rate a second (--concurrency at most in flight). The server runs as in
+Calls arrive at --rate a second (--concurrency at most in flight) while --background silent calls
+stay up (a hub is never empty: with no other call, each hang-up would also restart the channel
+layer's shared receive, a cost a busy hub does not pay per call). The server runs as in
 bench/run.py (production settings, PostgreSQL, Redis, pinned to CPU 0; this client on CPU 1);
 its CPU (every thread, the database threads included) over the run, minus what it burns idle over
 the same time, divided by the calls, is the set-up + hang-up cost per call. The plain relays
@@ -49,9 +51,13 @@ IDLE_SECONDS = 3.0  # the server's idle CPU is measured over this long before th
 SETTLE_SECONDS = 2.0  # after the last call: the hang-up's database writes finish
 
 
-async def churn(url: str, auth: str, calls: int, rate: float, concurrency: int) -> tuple[int, list[float], list[str]]:
+async def churn(
+    url: str, auth: str, calls: int, rate: float, concurrency: int, background: int = 0
+) -> tuple[int, list[float], list[str]]:
     """Run the calls: (calls completed, set-up seconds of each: connect to the customer's `start`,
-    the failed calls' errors)."""
+    the failed calls' errors). With `background`, that many calls are opened first and held
+    (silent) until the churned calls are done; with a parent process (--child) the two sides
+    are told apart on stdout/stdin ("ready", then a line to go; the figures, then a line to end)."""
     started: dict[str, asyncio.Future[None]] = {}
     closed: dict[str, asyncio.Future[None]] = {}
 
@@ -69,7 +75,7 @@ async def churn(url: str, auth: str, calls: int, rate: float, concurrency: int) 
     setups: list[float] = []
     done = 0
 
-    async def call(index: int) -> None:
+    async def call(index: int, hold: asyncio.Event | None = None) -> None:
         nonlocal done
         key = str(index)
         loop = asyncio.get_running_loop()
@@ -80,17 +86,44 @@ async def churn(url: str, auth: str, calls: int, rate: float, concurrency: int) 
             async with connect(url, additional_headers=headers, subprotocols=["audio.drachtio.org"]) as ws:  # type: ignore[list-item]
                 await ws.send(json.dumps(meta))
                 await asyncio.wait_for(started[key], 10)
-                setups.append(time.monotonic() - t0)
+                if hold is not None:
+                    held.append(None)
+                    if len(held) == background:
+                        all_held.set()
+                    await hold.wait()
+                else:
+                    setups.append(time.monotonic() - t0)
             await asyncio.wait_for(closed[key], 10)
-            done += 1
+            if hold is None:
+                done += 1
 
+    async def line() -> str:
+        return await asyncio.to_thread(sys.stdin.readline)
+
+    held: list[None] = []
+    hold, all_held = asyncio.Event(), asyncio.Event()
     async with serve(customer, "127.0.0.1", port):
+        holders = [asyncio.create_task(call(-1 - i, hold)) for i in range(background)]
+        if background:
+            ready = asyncio.create_task(all_held.wait())
+            await asyncio.wait([ready, *holders], return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():
+                raise RuntimeError(f"a background call failed: {next(t.exception() for t in holders if t.done())!r}")
+            print("ready", flush=True)
+            await line()
         tasks = []
         for i in range(calls):
             tasks.append(asyncio.create_task(call(i)))
             await asyncio.sleep(1 / rate)
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    return done, setups, [repr(r) for r in results if isinstance(r, BaseException)]
+        errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        if background:
+            print(json.dumps({"done": done}), flush=True)  # the figures follow; the parent reads its CPU first
+            await line()
+        hold.set()
+        results = await asyncio.gather(*holders, return_exceptions=True)
+        errors += [f"background: {r!r}" for r in results if isinstance(r, BaseException)]
+    return done, setups, errors
 
 
 def main() -> None:
@@ -99,11 +132,16 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--rate", type=float, default=50.0, help="calls arriving per second")
     parser.add_argument("--concurrency", type=int, default=50, help="calls in flight at most")
+    parser.add_argument(
+        "--background", type=int, default=20, help="silent calls held open meanwhile (a hub is never empty)"
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # URL,AUTH: run the client side only
     args = parser.parse_args()
     if args.child:
         url, _, auth = args.child.partition(",")
-        done, setups, errors = asyncio.run(churn(url, auth, args.calls, args.rate, args.concurrency))
+        done, setups, errors = asyncio.run(
+            churn(url, auth, args.calls, args.rate, args.concurrency + args.background, args.background)
+        )
         setups.sort()
         p50 = setups[len(setups) // 2] if setups else 0.0
         p99 = setups[min(len(setups) - 1, int(len(setups) * 0.99))] if setups else 0.0
@@ -122,11 +160,6 @@ def main() -> None:
         try:
             wait_port(port)
             time.sleep(2.0)  # past start-up (imports, migrations check, first heartbeat)
-            pids = tree(proc.pid)
-            c0, w0 = cpu_seconds(pids), time.monotonic()
-            time.sleep(IDLE_SECONDS)
-            c1, w1 = cpu_seconds(pids), time.monotonic()
-            idle_rate = (c1 - c0) / (w1 - w0)
             client = [
                 sys.executable,
                 __file__,
@@ -138,10 +171,26 @@ def main() -> None:
                 str(args.rate),
                 "--concurrency",
                 str(args.concurrency),
+                "--background",
+                str(args.background),
             ]
-            out = subprocess.run(pinned(LOAD_CPU, client), capture_output=True, text=True, check=True).stdout
+            child = subprocess.Popen(pinned(LOAD_CPU, client), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert child.stdin is not None and child.stdout is not None
+            if args.background and child.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{spec}: the background calls did not come up")
+            time.sleep(1.0)  # past the background calls' set-up
+            pids = tree(proc.pid)
+            c0, w0 = cpu_seconds(pids), time.monotonic()
+            time.sleep(IDLE_SECONDS)
+            c1, w1 = cpu_seconds(pids), time.monotonic()
+            idle_rate = (c1 - c0) / (w1 - w0)
+            if args.background:
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                child.stdout.readline()  # the churned calls are done
             time.sleep(SETTLE_SECONDS)
             c2, w2 = cpu_seconds(tree(proc.pid)), time.monotonic()
+            out, _ = child.communicate("end\n", timeout=60)
             figures = json.loads(out.strip().splitlines()[-1])
             if figures["failed"]:
                 print(f"# {spec}: {figures['failed']} calls failed, e.g. {figures['errors'][0]}", flush=True)

@@ -350,41 +350,46 @@ def _end_stream(
         fresh.refresh_from_db()
     else:
         fresh.status, fresh.start_time, fresh.end_time = state
-    stream_log_batch(stream=stream, entries=log_entries or [])
-    if started_at is not None and fresh.end_time is None and fresh.status == Stream.Status.INITIATED:
-        fresh.mark_started(at=started_at)
-        stream_log(stream=fresh, event="StartStream")
+    entries = list(log_entries or [])  # the relay's queued rows, then Start/Stop: one INSERT without callbacks
+    late_start = started_at is not None and fresh.end_time is None and fresh.status == Stream.Status.INITIATED
+    if late_start and fresh.mark_started(at=started_at):
+        entries.append(("StartStream", "", {}))
     ended = fresh.mark_ended(
         reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL, at=at, extra=stats or {}
     )
     if ended:
         if reason == Stream.Reason.CONNECTION_ERROR:  # DroppedStream always says why; StopStream never has Error
-            stream_log(
-                stream=fresh, event="DroppedStream", error=error or CONNECTION_ERROR, extra={"HangupReason": reason}
-            )
+            entries.append(("DroppedStream", error or CONNECTION_ERROR, {"HangupReason": reason}))
         else:
-            stream_log(stream=fresh, event="StopStream", extra={"HangupReason": reason})
+            entries.append(("StopStream", "", {"HangupReason": reason}))
+    stream_log_batch(stream=fresh, entries=entries)
     if stats and not ended:  # stored with the end otherwise
         Stream.objects.filter(pk=fresh.pk).update(**stats)
     return fresh, ended
 
 
-# The lifecycle columns another end or start may change, under the row lock. Raw on PostgreSQL:
-# the ORM spends ~1 ms of CPU building `select_related(...).select_for_update().get()`, this 0.04 ms
-# (bench/setup_cpu.py); SQLite has no FOR UPDATE (its writes are serial) and returns text for
-# timestamps to a raw cursor, so it keeps the ORM.
-_LOCK_STREAM_SQL = "SELECT status, start_time, end_time FROM {table} WHERE {pk} = %s FOR UPDATE"
 _ACTIVE_STREAM_SQL = "SELECT 1 FROM {table} WHERE call_id = %s AND end_time IS NULL LIMIT 1"
 
 
-def _lock_stream_state(pk: int) -> tuple[str, datetime | None, datetime | None] | None:
-    """(status, start_time, end_time) of stream `pk`, locked for the caller's transaction; None if gone."""
+def _lock_columns(model: type[Call] | type[Stream], pk: int, fields: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """`fields` of row `pk`, locked for the caller's transaction (None: the row is gone): the
+    columns another lifecycle step may have changed; the rest of a call's or stream's row never
+    changes. Raw on PostgreSQL: the ORM spends ~1 ms of CPU building `select_related(...)
+    .select_for_update().get()`, this 0.04 ms (bench/setup_cpu.py). SQLite has no FOR UPDATE
+    (its writes are serial) and hands a raw cursor timestamps as text, so it keeps the ORM."""
     if connection.vendor != "postgresql":
-        return Stream.objects.filter(pk=pk).values_list("status", "start_time", "end_time").first()
+        return model.objects.filter(pk=pk).values_list(*fields).first()
+    columns = ", ".join(connection.ops.quote_name(name) for name in fields)  # attnames: the default columns
+    sql = f"SELECT {columns} FROM {model._meta.db_table} WHERE id = %s FOR UPDATE"  # noqa: S608 (our own names)
     with connection.cursor() as cursor:
-        cursor.execute(_LOCK_STREAM_SQL.format(table=Stream._meta.db_table, pk=Stream._meta.pk.column), [pk])
+        cursor.execute(sql, [pk])
         row = cursor.fetchone()
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else tuple(row)
+
+
+def _lock_stream_state(pk: int) -> tuple[Any, ...] | None:
+    """(status, start_time, end_time) of stream `pk` under its row lock; None if gone."""
+    return _lock_columns(Stream, pk, ("status", "start_time", "end_time"))
 
 
 def _has_active_streams(call_id: int) -> bool:
@@ -398,6 +403,10 @@ def _has_active_streams(call_id: int) -> bool:
 
 def stream_stop(*, stream: Stream, reason: str = Stream.Reason.API_REQUEST) -> bool:
     return stream_end(stream=stream, reason=reason)
+
+
+# what call_end reads under the call's lock: its state and what its hangup request needs
+_CALL_END_FIELDS = ("status", "ended_at", "application_id", "hangup_cause_name", "hangup_detail")
 
 
 def call_end(
@@ -422,7 +431,12 @@ def call_end(
     """
     ended: list[Stream] = []
     with bounded_atomic():
-        locked = Call.objects.select_for_update().get(pk=call.pk)
+        state = _lock_columns(Call, call.pk, _CALL_END_FIELDS)
+        if state is None:
+            raise Call.DoesNotExist(f"call {call.pk} is gone")
+        locked = call  # what another step may have changed, read under the lock; the rest never changes
+        for name, value in zip(_CALL_END_FIELDS, state, strict=True):
+            setattr(locked, name, value)
         for end in stream_ends:
             outcome = _end_stream(**end)
             if outcome is not None and outcome[1]:

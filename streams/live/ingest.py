@@ -80,6 +80,7 @@ class IngestConsumer(AsyncWebsocketConsumer):
     subprotocol: str | None = None  # the one we accepted, of those the gateway offered
     _control_stopping = False
     _group: str | None = None
+    _group_left = False  # teardown left the call's control group (it runs twice: disconnect, end of serve)
     weight = 0.0  # what this call holds of the process's capacity (streams/live/admission.py)
     # the server's `streamhub.binary_frames` extension (streams/live/wsserver.py), when it has one
     frames_extension: dict[str, Any] | None = None
@@ -339,11 +340,14 @@ class IngestConsumer(AsyncWebsocketConsumer):
         try:
             if session is not None:
                 await session.end()
-                if session.call is not None and self.channel_layer is not None:
+                # once (teardown runs on the disconnect and again when the serve loop ends), or again
+                # if it failed
+                if session.call is not None and self.channel_layer is not None and not self._group_left:
                     self._control_stopping = True
                     await self.channel_layer.group_discard(
                         control.call_group(session.call.call_uuid), self.channel_name
                     )
+                    self._group_left = True
         except Exception:
             log.exception("%s ingest: teardown failed", self.gateway)
 

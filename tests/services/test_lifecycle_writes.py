@@ -71,8 +71,8 @@ def test_queued_debug_rows_and_the_start_are_one_update_and_one_insert(stream: S
 def test_the_end_takes_the_last_debug_rows_and_the_counters_into_its_transaction(stream: Stream) -> None:
     services.stream_mark_started(stream=stream)
     stats = {"frames_sent": 123, "played_ms": 40, "buffer_samples": [[0.0, 0.0]]}
-    # the debug rows, the locked read, the end with the counters, StopStream
-    with statements(4):
+    # the locked read, the end with the counters, the queued rows and StopStream in one INSERT
+    with statements(3):
         assert services.stream_end(
             stream=stream,
             reason=Stream.Reason.CALL_HANGUP,
