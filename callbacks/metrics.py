@@ -60,9 +60,9 @@ def outcome(decision: retry.Decision) -> str:
 def attempt_finished(*, event: str, decision: retry.Decision, created_at: datetime) -> None:
     """Count one try by its outcome; a 2xx also times the delivery from its event."""
     result = outcome(decision)
-    deliveries.labels(event, result).inc()
-    if result == "delivered":
+    if result == "delivered":  # timed first: a scrape that sees the delivery counted sees its latency too
         latency.labels(event).observe(max(0.0, (timezone.now() - created_at).total_seconds()))
+    deliveries.labels(event, result).inc()
 
 
 class OutboxCollector(Collector):
