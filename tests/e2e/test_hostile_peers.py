@@ -430,7 +430,9 @@ async def test_failed_gateway_upgrades_are_throttled_per_client_address(
     even read (uvicorn: HTTP 429 with Retry-After; daphne cannot choose the status: 403); another address
     still gets in. The address comes from X-Forwarded-For here, behind one trusted proxy."""
     hub = hub_factory(STREAMHUB_AUTH_FAILURE_RATE="3/min", STREAMHUB_TRUSTED_PROXIES="1")
-    guesser, other = f"198.51.100.{uuid.uuid4().int % 250 + 1}", f"203.0.113.{uuid.uuid4().int % 250 + 1}"
+    # addresses no other run can share (the counter outlives a test in the shared Redis; 250 IPv4
+    # addresses collided once between this test's daphne and uvicorn runs): IPv6 documentation space
+    guesser, other = (f"2001:db8:{uuid.uuid4().hex[:4]}::{uuid.uuid4().hex[:4]}" for _ in range(2))
     url = f"{hub.ws}/ingest/audio-fork"
 
     def from_(address: str, token: str) -> Gateway:
