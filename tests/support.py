@@ -202,6 +202,14 @@ class Gateway:
         if self._reader is not None:
             await asyncio.wait([self._reader], timeout=5)
 
+    async def closed_by_hub(self, timeout: float = 30) -> int | None:
+        """Wait until the hub has closed the connection and every message it sent before is in
+        `received` (the close code is set as the close frame arrives, while messages before it may
+        still wait for the reader); the close code."""
+        assert self.ws is not None and self._reader is not None
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.ws.close_code
+
     @property
     def audio(self) -> bytes:
         return b"".join(m for m in self.received if isinstance(m, bytes))

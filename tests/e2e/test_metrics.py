@@ -153,7 +153,7 @@ async def test_refusals_connect_failures_and_drops_are_counted_by_cause(
     stream = await ended(call_id)
     assert stream.hangup_reason == "Connection error"
     second = await gateway_for(hub, account).open()  # the one slot is taken: refused
-    await eventually(lambda: second.ws is not None and second.ws.close_code is not None, timeout=10)
+    await second.closed_by_hub(timeout=10)
     await gw.close()
     after = scrape(f"{hub.http}/metrics")
 
