@@ -115,7 +115,7 @@ def channel_layer(redis_url: str | None, max_connections: int = 2000) -> dict[st
             # BZPOPMIN timeout: an idle call's receive then dies with TimeoutError (1011).
             "CONFIG": {
                 # redis-py 8 also caps a pool at 100 connections and raises beyond: a burst
-                # of call set-ups (group_add each) must not fail on that.
+                # of control messages (REST stops) must not fail on that.
                 # After a Redis restart the pool's idle connections are dead: a PING before
                 # reuse (health check) and a few retries with backoff on connection errors
                 # reconnect them, instead of failing the first call set-up or stop with 4500.
@@ -133,4 +133,6 @@ def channel_layer(redis_url: str | None, max_connections: int = 2000) -> dict[st
                 "expiry": 30,
             },
         }
-    return {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    # a process's control mailbox is one channel for all its calls (streams/live/mailbox.py):
+    # room for a burst of stops, as on Redis
+    return {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}

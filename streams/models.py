@@ -173,6 +173,8 @@ class Call(models.Model):
     gateway = models.CharField(max_length=32, default="audio-fork")
     gateway_metadata = models.JSONField(default=dict, blank=True)
     server_id = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    # the channel-layer channel of the holding process's control mailbox (streams/live/mailbox.py)
+    control_channel = models.CharField(max_length=200, blank=True, default="", db_default="", editable=False)
     # The application whose answer URL runs this call (none: the gateway named its streams itself).
     application = models.ForeignKey(Application, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls")
     # Why the call ended, as the hangup request reports it (streams.core.application.CAUSES).

@@ -140,6 +140,7 @@ def call_open(
     metadata: dict[str, Any] | None = None,
     application: Application | None = None,
     server_id: str | None = None,
+    control_channel: str = "",
 ) -> Call:
     return Call.objects.create(
         account=account,
@@ -150,6 +151,7 @@ def call_open(
         gateway=gateway,
         gateway_metadata=metadata or {},
         server_id=server_id or settings.STREAMHUB_SERVER_ID,
+        control_channel=control_channel,
         application=application,
     )
 
@@ -260,7 +262,7 @@ def stream_create(
         raise
     if notify_session:
         try:
-            control.send_to_call(call.call_uuid, {"type": "stream.start", "stream_id": str(stream.stream_id)})
+            control.send_to_call(locked, {"type": "stream.start", "stream_id": str(stream.stream_id)})
         except ControlUndelivered:
             stream_end(
                 stream=stream, reason=Stream.Reason.CONNECTION_ERROR, error=HOLDER_UNREACHABLE, notify_session=False
@@ -326,7 +328,7 @@ def stream_end(
         raise Stream.DoesNotExist(f"stream {stream.pk} is gone")
     fresh, ended = outcome
     if ended and notify_session:
-        control.send_to_call(fresh.call.call_uuid, {"type": "stream.stop", "stream_id": str(fresh.stream_id)})
+        control.send_to_call(fresh.call, {"type": "stream.stop", "stream_id": str(fresh.stream_id)})
     return ended
 
 
@@ -452,7 +454,7 @@ def call_end(
             ended.append(stream)
     call.status, call.ended_at = locked.status, locked.ended_at
     if hung_up and notify_session:
-        control.send_to_call(call.call_uuid, {"type": "call.hangup"})
+        control.send_to_call(call, {"type": "call.hangup"})
     return ended
 
 

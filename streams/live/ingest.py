@@ -1,18 +1,16 @@
 """What every ingest consumer shares: auth and admission on the upgrade, the serving loop,
-control messages from the channel layer, and one teardown.
+control messages from the process's mailbox, and one teardown.
 
 One subclass per gateway framing (`live.audiofork`, `live.asterisk`) adapts its frames
 to the CallSession; each is the session's GatewayLink.
 
+Control messages (a REST stop, start or hang-up) reach the consumer through the process's
+mailbox (`live.mailbox`): the call registers there once its row exists and leaves at teardown.
+
 Failures of the stores around a call:
-- The control loop survives a channel-layer (Redis) outage: it retries `receive` with
-  backoff and re-joins the call's group once Redis answers again (a restarted Redis has
-  forgotten it). A stop sent meanwhile is refused to its sender (`ControlUndelivered`)
-  and applied here at the next lease check anyway.
-- Joining the call's group is retried (it is idempotent); the connection pool itself
-  health-checks and retries (streamhub.envconf).
-- The control task is stopped with a bounded wait: a cancellation swallowed inside
-  redis-py must not keep a call's task (or the server's connection) alive for ever.
+- The mailbox survives a channel-layer (Redis) outage: it retries `receive` with backoff.
+  A stop sent meanwhile is refused to its sender (`ControlUndelivered`) and applied here
+  at the next lease check anyway.
 - A database that cannot be reached on the upgrade is a deliberate refusal (HTTP 503,
   or under daphne an error frame and close 4503), not an unhandled error.
 """
@@ -27,16 +25,15 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from streams import control
 from streams.core.gateway import GatewayMetadata, gateway_error
 from streams.core.validation import StreamParamError, validate_stream_params
 from streams.live import gateway_auth
 from streams.live.admission import admission
 from streams.live.dbasync import db_async
+from streams.live.mailbox import mailbox
 from streams.live.session import CallSession
 from streams.live.wsserver import FRAMES_EXTENSION
 from streams.models import Account
@@ -47,9 +44,6 @@ MAX_TEXT_FRAME = 64 * 1024
 CLOSE_AT_CAPACITY = 4503
 CLOSE_UNAVAILABLE = 4503  # the same meaning for a gateway: try again later (or another hub)
 CLOSE_SETUP_FAILED = 4500
-CONTROL_STOP_SECONDS = 2.0  # per cancellation of the control task, at most three
-CONTROL_RETRY_MAX_SECONDS = 5.0
-JOIN_ATTEMPTS = 4
 DB_UNAVAILABLE = "hub database unavailable: try again shortly"
 OVERLOADED = "hub overloaded (event loop lagging): try another hub process"
 
@@ -78,9 +72,7 @@ class IngestConsumer(AsyncWebsocketConsumer):
     account: Account | None = None
     admitted = False
     subprotocol: str | None = None  # the one we accepted, of those the gateway offered
-    _control_stopping = False
-    _group: str | None = None
-    _group_left = False  # teardown left the call's control group (it runs twice: disconnect, end of serve)
+    _registered: str | None = None  # the call id this consumer is registered under in the mailbox
     weight = 0.0  # what this call holds of the process's capacity (streams/live/admission.py)
     # the server's `streamhub.binary_frames` extension (streams/live/wsserver.py), when it has one
     frames_extension: dict[str, Any] | None = None
@@ -111,11 +103,8 @@ class IngestConsumer(AsyncWebsocketConsumer):
         self.frames_extension = (scope.get("extensions") or {}).get(FRAMES_EXTENSION)
         if self.frames_extension is not None:
             self._send_binary = self.frames_extension["send_binary"]
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        control: asyncio.Task[None] | None = None
-        if self.channel_layer is not None:
-            self.channel_name = await self.channel_layer.new_channel()
-            control = asyncio.get_running_loop().create_task(self._control_loop())
+        self.channel_layer = None  # control comes through the process's mailbox, not a channel of our own
+        await mailbox.open()
         try:
             while True:
                 message = await receive()
@@ -131,66 +120,8 @@ class IngestConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             pass
         finally:
-            if control is not None:
-                await self._stop_control(control)
             # however the loop ended (disconnect, error, server shutdown), end the call once
             await asyncio.shield(self.teardown())
-
-    async def _stop_control(self, control: asyncio.Task[None]) -> None:
-        """Cancel the control task and wait a bounded time: redis-py's socket-timeout
-        wait_for can swallow a cancellation (Python 3.11), so cancel again, and in the end
-        leave it to the loop's own flag (it ends at its next wake-up, within the layer's
-        5 s BZPOPMIN) rather than hold this connection open for ever."""
-        self._control_stopping = True
-        for _ in range(3):
-            if control.done():
-                break
-            control.cancel()
-            await asyncio.wait({control}, timeout=CONTROL_STOP_SECONDS)
-        if not control.done():
-            log.warning("%s ingest: the control task did not stop when cancelled; it ends on its own", self.gateway)
-        elif not control.cancelled() and control.exception() is not None:
-            log.error("%s ingest: the control task failed", self.gateway, exc_info=control.exception())
-
-    async def _control_loop(self) -> None:
-        layer = self.channel_layer
-        assert layer is not None
-        delay = 0.1
-        failing = False
-        while not self._control_stopping:
-            if failing:  # a restarted Redis has forgotten the call's group: join it again first
-                if not await self._rejoin():
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, CONTROL_RETRY_MAX_SECONDS)
-                    continue
-                failing, delay = False, 0.1
-            try:
-                message = await layer.receive(self.channel_name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis down or restarted: keep trying, never give up the call
-                log.warning(
-                    "%s ingest: control channel failed (%s: %s); retrying", self.gateway, type(exc).__name__, exc
-                )
-                failing = True
-                await asyncio.sleep(delay)
-                continue
-            if self._control_stopping:
-                break
-            try:
-                await self.dispatch(message)
-            except Exception:
-                log.exception("control message %s failed", message.get("type"))
-
-    async def _rejoin(self) -> bool:
-        if self._group is None:
-            return True
-        try:
-            await self.channel_layer.group_add(self._group, self.channel_name)
-        except Exception:
-            return False
-        log.info("%s ingest: control channel back; rejoined %s", self.gateway, self._group)
-        return True
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
@@ -278,19 +209,10 @@ class IngestConsumer(AsyncWebsocketConsumer):
         """Framing-specific start (query defaults, waiting for metadata)."""
 
     async def joined(self) -> None:
+        """The call's row exists: take its control messages (and any the mailbox kept for it)."""
         assert self.session is not None and self.session.call is not None
-        if self.channel_layer is None:
-            return
-        self._group = control.call_group(self.session.call.call_uuid)
-        for attempt in range(1, JOIN_ATTEMPTS + 1):  # idempotent: safe to retry
-            try:
-                await self.channel_layer.group_add(self._group, self.channel_name)
-                return
-            except Exception as exc:
-                if attempt == JOIN_ATTEMPTS:
-                    raise
-                log.warning("%s ingest: joining %s failed (%s); retrying", self.gateway, self._group, exc)
-                await asyncio.sleep(0.1 * 2**attempt)
+        self._registered = str(self.session.call.call_uuid)
+        mailbox.register(self._registered, self.dispatch)
 
     def admit_weight(self, bidirectional: list[bool]) -> bool:
         """The second step of admission, once the metadata says what the call's streams are:
@@ -327,7 +249,7 @@ class IngestConsumer(AsyncWebsocketConsumer):
         await super().websocket_disconnect(message)
 
     async def teardown(self) -> None:
-        """Free the admission slot, end the session, leave the control group: idempotent.
+        """Free the admission slot, leave the mailbox, end the session: idempotent.
 
         The slot goes first: the gateway is gone, so the call's cost is over, and whoever sees
         the call ended (its row) can count on its capacity being free."""
@@ -336,22 +258,17 @@ class IngestConsumer(AsyncWebsocketConsumer):
             admission.release(self.weight)
             self.admitted = False
             self.weight = 0.0
+        if self._registered is not None:
+            mailbox.unregister(self._registered)
+            self._registered = None
         session = self.session
         try:
             if session is not None:
                 await session.end()
-                # once (teardown runs on the disconnect and again when the serve loop ends), or again
-                # if it failed
-                if session.call is not None and self.channel_layer is not None and not self._group_left:
-                    self._control_stopping = True
-                    await self.channel_layer.group_discard(
-                        control.call_group(session.call.call_uuid), self.channel_name
-                    )
-                    self._group_left = True
         except Exception:
             log.exception("%s ingest: teardown failed", self.gateway)
 
-    # --- control from the service layer (channel layer group call.<uuid>) ---------------
+    # --- control from the service layer (through the process's mailbox) ---------------
 
     async def stream_start(self, message: dict[str, Any]) -> None:
         if self.session is not None:

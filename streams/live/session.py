@@ -39,6 +39,7 @@ from streams.core.validation import EgressPolicy, StreamParamError, StreamParams
 from streams.live.admission import admission
 from streams.live.application import ApplicationRunner
 from streams.live.dbasync import db_async, db_persist
+from streams.live.mailbox import mailbox
 from streams.live.relay import StreamRelay, redact_url
 from streams.models import Account, Call, Stream
 
@@ -124,8 +125,8 @@ class CallSession:
     async def begin(self, meta: GatewayMetadata, *, joined: Callable[[], Awaitable[None]] | None = None) -> Call:
         """Create the live Call row and start the streams the metadata asks for.
 
-        `joined` runs as soon as the call exists (the consumer joins the call's control
-        group there), so a stream started over REST meanwhile is not missed.
+        `joined` runs as soon as the call exists (the consumer registers with the process's
+        control mailbox there, which has kept any message sent to the call meanwhile).
         """
         self.set_format(rate=meta.sample_rate, channels=meta.channels)
         self.audio_since = time.time()
@@ -145,6 +146,7 @@ class CallSession:
             meta=meta,
             gateway=self.gateway,
             server_id=registry.server_id,
+            control_channel=mailbox.channel,
             streams=[params for _, params in valid],
         )
         registry.add(self)
@@ -537,7 +539,13 @@ class CallSession:
 
 
 def _open_call(
-    *, account: Account, meta: GatewayMetadata, gateway: str, server_id: str, streams: list[StreamParams]
+    *,
+    account: Account,
+    meta: GatewayMetadata,
+    gateway: str,
+    server_id: str,
+    streams: list[StreamParams],
+    control_channel: str = "",
 ) -> tuple[Call, list[Stream | services.StreamConflict | services.TooManyStreams]]:
     """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one.
     The metadata's streams are created with the call, in its transaction.
@@ -574,6 +582,7 @@ def _open_call(
         "metadata": metadata,
         "application": application,
         "server_id": server_id,
+        "control_channel": control_channel,
         "streams": streams,
     }
     if candidate is not None and not Call.objects.filter(call_uuid=candidate).exists():
