@@ -50,6 +50,12 @@ from streams.live.session import _open_call  # noqa: E402
 from streams.models import Account  # noqa: E402
 
 call_command("migrate", verbosity=0)
+try:  # the hub's database threads bound their sessions once (streams.live.dbasync); do the same here
+    from streamhub.dbguard import bound_session
+
+    bound_session()
+except ImportError:  # older trees: per transaction
+    pass
 account = Account.objects.filter(is_active=True).first() or Account.objects.create(name="setup-cpu")
 times: dict[str, float] = {}
 

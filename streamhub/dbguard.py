@@ -8,6 +8,12 @@ retry (the live side retries lifecycle writes with backoff) or the next sweep ta
 Both are `SET LOCAL`: they end with the transaction and never touch the API's, the admin's
 or a migration's queries. SQLite has no such settings; its writes wait at most its busy
 timeout (20 s).
+
+The hub's own database threads (streams.live.dbasync) run nothing but lifecycle and
+housekeeping work, so their connections take both limits for the whole session, once per
+connection (`bound_session`): their transactions then skip the per-transaction `set_config`
+(one round trip per lifecycle step), and a single-statement write outside any transaction
+(services' one-statement steps on PostgreSQL) is bounded too.
 """
 
 from __future__ import annotations
@@ -23,6 +29,32 @@ def _ms(seconds: float) -> str:
     return str(max(1, int(seconds * 1000)))
 
 
+_BOUNDED = "_streamhub_bounded"  # set on a psycopg connection whose session has both limits
+
+
+def bound_session(using: str = "default") -> None:
+    """Give this thread's connection both limits for its whole session (PostgreSQL; once per connection)."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    connection.ensure_connection()
+    raw = connection.connection
+    if getattr(raw, _BOUNDED, False):
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+            [_ms(settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS), _ms(settings.STREAMHUB_DB_STATEMENT_TIMEOUT_SECONDS)],
+        )
+    setattr(raw, _BOUNDED, True)
+
+
+def session_bounded(using: str = "default") -> bool:
+    """Whether this thread's connection has both limits for its session already (bound_session)."""
+    raw = connections[using].connection
+    return raw is not None and getattr(raw, _BOUNDED, False)
+
+
 @contextmanager
 def bounded_atomic(using: str = "default", *, savepoint: bool = True) -> Iterator[None]:
     """`transaction.atomic()` whose lock waits and statements are bounded (PostgreSQL).
@@ -34,7 +66,7 @@ def bounded_atomic(using: str = "default", *, savepoint: bool = True) -> Iterato
     connection = connections[using]
     outermost = not connection.in_atomic_block  # SET LOCAL lasts for the whole transaction
     with transaction.atomic(using=using, savepoint=savepoint):
-        if outermost and connection.vendor == "postgresql":
+        if outermost and connection.vendor == "postgresql" and not session_bounded(using):
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +32,7 @@ from django.utils import timezone
 from callbacks.models import CallbackDelivery
 from callbacks.services import CALLBACK_EVENTS, callback_enqueue, hangup_request_enqueue
 from streamhub.dbguard import bounded_atomic
-from streams import control
+from streams import control, pgwrite
 from streams.control import ControlUndelivered
 from streams.core import application as plivo_app
 from streams.core.audiofork import no_playback_reason
@@ -141,8 +142,10 @@ def call_open(
     application: Application | None = None,
     server_id: str | None = None,
     control_channel: str = "",
+    save: bool = True,
 ) -> Call:
-    return Call.objects.create(
+    """A live call's row (`save=False`: the instance only, for the caller to write)."""
+    call = Call(
         account=account,
         call_uuid=call_uuid,
         from_number=from_number[:128],
@@ -154,6 +157,9 @@ def call_open(
         control_channel=control_channel,
         application=application,
     )
+    if save:
+        call.save(force_insert=True)
+    return call
 
 
 def call_open_with_streams(
@@ -166,8 +172,9 @@ def call_open_with_streams(
     (with its PlaybackUnavailable debug-log entry)."""
     created: list[Stream | StreamConflict | TooManyStreams] = []
     limit = settings.STREAMHUB_MAX_STREAMS_PER_CALL
-    with bounded_atomic():
-        call = call_open(account=account, call_uuid=call_uuid, **call_fields)
+    one_statement = pgwrite.usable()  # PostgreSQL: the whole step as one statement (streams/pgwrite.py)
+    with bounded_atomic() if not one_statement else nullcontext():
+        call = call_open(account=account, call_uuid=call_uuid, save=not one_statement, **call_fields)
         call.account = account
         plays, note = call_playback(call)
         urls: set[str] = set()
@@ -189,23 +196,25 @@ def call_open_with_streams(
             created.append(stream)
             if params.bidirectional and not plays:
                 one_way.append(stream)
-        if rows:
-            Stream.objects.bulk_create(rows)
-            events = [
-                StreamEvent(stream=stream, event="StreamCreated", params=event_params(stream, "StreamCreated"))
-                for stream in rows
-            ]
-            reason = f"bidirectional refused, the stream is one-way: {no_playback_reason(note)}"
-            for stream in one_way:
-                log.warning("call %s: stream %s: %s", call.call_uuid, stream.stream_id, reason)
-                events.append(
-                    StreamEvent(
-                        stream=stream,
-                        event="PlaybackUnavailable",
-                        error=reason[:1000],
-                        params=event_params(stream, "PlaybackUnavailable", error=reason),
-                    )
+        events = [
+            StreamEvent(stream=stream, event="StreamCreated", params=event_params(stream, "StreamCreated"))
+            for stream in rows
+        ]
+        reason = f"bidirectional refused, the stream is one-way: {no_playback_reason(note)}"
+        for stream in one_way:
+            log.warning("call %s: stream %s: %s", call.call_uuid, stream.stream_id, reason)
+            events.append(
+                StreamEvent(
+                    stream=stream,
+                    event="PlaybackUnavailable",
+                    error=reason[:1000],
+                    params=event_params(stream, "PlaybackUnavailable", error=reason),
                 )
+            )
+        if one_statement:
+            pgwrite.open_call(call, rows, events)
+        elif rows:
+            Stream.objects.bulk_create(rows)
             StreamEvent.objects.bulk_create(events)
     return call, created
 
@@ -278,6 +287,18 @@ def stream_mark_started(
 
     `log_entries`: the relay's queued debug events, written first in the same transaction.
     """
+    if pgwrite.usable() and not stream.status_callback_url:  # no outbox row: one statement (streams/pgwrite.py)
+        rows = [
+            StreamEvent(
+                stream=stream,
+                event=event,
+                error=error[:1000],
+                params=event_params(stream, event, error=error, extra=extra),
+            )
+            for event, error, extra in log_entries or []
+        ]
+        start = StreamEvent(stream=stream, event="StartStream", params=event_params(stream, "StartStream"))
+        return pgwrite.mark_started(stream, at or timezone.now(), rows, start)
     with bounded_atomic():
         if not stream.mark_started(at=at):
             stream_log_batch(stream=stream, entries=log_entries or [])

@@ -5,12 +5,14 @@ queues on one thread, so a burst of call set-ups (auth, Call row, Stream rows, e
 serialises behind one connection. Lifecycle writes are independent transactions, so
 they run on the loop's thread pool instead, each thread with its own (persistent)
 connection; old connections are still closed around each call. Lifecycle writes go
-through `db_persist`, which retries them until they succeed.
+through `db_persist`, which retries them until they succeed. Each of these connections
+has the lifecycle's lock and statement limits for its whole session (dbguard.bound_session).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -19,11 +21,20 @@ from channels.db import DatabaseSyncToAsync
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError
 
+from streamhub.dbguard import bound_session
+
 log = logging.getLogger(__name__)
 
 
 def db_async(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    return cast(Callable[..., Awaitable[Any]], DatabaseSyncToAsync(fn, thread_sensitive=False))
+    return cast(
+        Callable[..., Awaitable[Any]], DatabaseSyncToAsync(functools.partial(_bounded, fn), thread_sensitive=False)
+    )
+
+
+def _bounded(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    bound_session()
+    return fn(*args, **kwargs)
 
 
 RETRY_FIRST_SECONDS = 0.2

@@ -15,6 +15,7 @@ import pytest
 from django.db import OperationalError, connection, connections, transaction
 from django.utils import timezone
 
+from streamhub.dbguard import bound_session
 from streams import services
 from streams.core.validation import validate_stream_params
 from streams.models import Account, Call, Stream
@@ -140,3 +141,42 @@ def test_a_stuck_row_lock_makes_the_end_fail_fast_and_a_retry_finishes_it(accoun
         holder.join(30)
     assert services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
     assert Stream.objects.get(pk=stream.pk).events.filter(event="StopStream").count() == 1
+
+
+def test_a_stuck_row_lock_makes_a_one_statement_start_fail_fast_on_a_bounded_session(
+    account: Account, settings: Any
+) -> None:
+    """The hub's database threads bound their sessions (dbguard.bound_session), so the one-statement
+    steps (streams/pgwrite.py), which run outside any transaction block, are bounded too."""
+    if connection.vendor != "postgresql":
+        pytest.skip("lock_timeout is a PostgreSQL setting")
+    settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS = 0.5
+    call = live_call(account)
+    stream = services.stream_create(call=call, params=params(), notify_session=False)
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_lock() -> None:
+        try:
+            with transaction.atomic():
+                list(Stream.objects.select_for_update().filter(pk=stream.pk))
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        bound_session()
+        began = time.monotonic()
+        with pytest.raises(OperationalError):
+            services.stream_mark_started(stream=stream)
+        assert time.monotonic() - began < 5  # not until the lock is released
+    finally:
+        release.set()
+        holder.join(30)
+        connections.close_all()  # this session's limits end with it
+    assert services.stream_mark_started(stream=stream)
+    assert Stream.objects.get(pk=stream.pk).events.filter(event="StartStream").count() == 1

@@ -1,0 +1,118 @@
+"""Lifecycle steps as one SQL statement each, on PostgreSQL (round 2 of performance, issue 19).
+
+A call's set-up writes its Call row, its Stream rows and their StreamCreated debug rows; a
+stream's start marks it in progress and writes its queued debug rows with StartStream.
+Through the ORM each step is a transaction: BEGIN, the limits (dbguard), an INSERT or UPDATE
+per table, COMMIT, and about 1.3-1.5 ms of a database thread's CPU, most of it the ORM
+compiling statements (bench/setup_cpu.py). Here each step is one statement, its parts joined
+by data-modifying CTEs: PostgreSQL runs a single statement atomically, so the step is still
+all or nothing, in one round trip and with no transaction block around it.
+
+The rows are the ORM's own: the model instances are built as before, and each column's value
+is what the ORM would have sent (`Field.pre_save` and `get_db_prep_save`), cast to the
+column's type, so defaults, JSON and UUIDs are stored exactly as `bulk_create` stores them.
+Only PostgreSQL (`usable`); SQLite keeps the ORM path, and the test suite runs both.
+"""
+
+# ruff: noqa: S608  (the statements are built from the models' own table, column and type names; values are parameters)
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+from django.db.models import Field, Model
+
+from streams.models import Call, Stream, StreamEvent
+
+
+def usable() -> bool:
+    return connection.vendor == "postgresql"
+
+
+@functools.cache
+def _spec(model: type[Model], skip: tuple[str, ...] = ()) -> tuple[tuple[Field[Any, Any], ...], str, str]:
+    """A model's columns (less the primary key and `skip`): the fields, their quoted names, and a
+    VALUES row of placeholders cast to their types. Built once: Field.db_type is not cheap."""
+    fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key and f.attname not in skip)
+    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    casts = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields)
+    return fields, names, casts
+
+
+def _values(obj: Model, fields: tuple[Field[Any, Any], ...], params: list[Any]) -> None:
+    """Each column's value as the ORM would send it (`pre_save`, then `get_db_prep_save`)."""
+    params.extend(field.get_db_prep_save(field.pre_save(obj, add=True), connection) for field in fields)
+
+
+def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEvent]) -> None:
+    """INSERT the call, its streams and their events as one statement; sets the rows' ids."""
+    params: list[Any] = []
+    fields, names, casts = _spec(Call)
+    _values(call, fields, params)
+    sql = f"WITH c AS (INSERT INTO {Call._meta.db_table} ({names}) VALUES ({casts}) RETURNING id)"
+    if streams:
+        fields, names, casts = _spec(Stream, ("call_id",))
+        for stream in streams:
+            _values(stream, fields, params)
+        rows = ", ".join([f"({casts})"] * len(streams))
+        sql += (
+            f", s AS (INSERT INTO {Stream._meta.db_table} (call_id, {names}) "
+            f"SELECT c.id, v.* FROM c, (VALUES {rows}) AS v RETURNING id, stream_id)"
+        )
+        if events:  # each event names its stream by stream_id (known before the INSERT); the join gives its id
+            fields, names, casts = _spec(StreamEvent, ("stream_id",))
+            for event in events:
+                params.append(event.stream.stream_id)
+                _values(event, fields, params)
+            rows = ", ".join([f"(CAST(%s AS uuid), {casts})"] * len(events))
+            aliases = ", ".join(f"c{i}" for i in range(len(fields)))
+            sql += (
+                f", e AS (INSERT INTO {StreamEvent._meta.db_table} (stream_id, {names}) "
+                f"SELECT s.id, {aliases} FROM s JOIN (VALUES {rows}) AS v(sid, {aliases}) ON s.stream_id = v.sid)"
+            )
+        sql += " SELECT c.id, s.id, s.stream_id FROM c LEFT JOIN s ON true"
+    else:
+        sql += " SELECT c.id, NULL, NULL FROM c"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        result = cursor.fetchall()
+    call.pk = result[0][0]
+    call._state.adding, call._state.db = False, connection.alias
+    ids = {str(stream_id): pk for _, pk, stream_id in result if pk is not None}
+    for stream in streams:
+        stream.pk = ids[str(stream.stream_id)]
+        stream.call = call  # sets call_id, keeps the cached call (assigning call_id alone would drop it)
+        stream._state.adding, stream._state.db = False, connection.alias
+
+
+def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], start_event: StreamEvent) -> bool:
+    """Stream.mark_started and the queued debug rows as one statement: the rows in `events`
+    always, `start_event` (StartStream) only when this statement moved the stream from
+    initiated to in-progress. True when it did (the caller's stream then says so)."""
+    params: list[Any] = [Stream.Status.IN_PROGRESS, at, stream.pk, Stream.Status.INITIATED]
+    sql = (
+        f"WITH u AS (UPDATE {Stream._meta.db_table} SET status = %s, start_time = %s "
+        "WHERE id = %s AND status = %s RETURNING id)"
+    )
+    fields, names, casts = _spec(StreamEvent)
+    for event, always in [*((event, True) for event in events), (start_event, False)]:
+        params.append(always)
+        _values(event, fields, params)
+    rows = ", ".join([f"(CAST(%s AS boolean), {casts})"] * (len(events) + 1))
+    aliases = ", ".join(f"c{i}" for i in range(len(fields)))
+    sql += (
+        f", e AS (INSERT INTO {StreamEvent._meta.db_table} ({names}) "
+        f"SELECT {aliases} FROM (VALUES {rows}) AS v(always, {aliases}) "
+        "WHERE v.always OR EXISTS (SELECT 1 FROM u))"
+        " SELECT count(*) FROM u"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    started = row is not None and row[0] == 1
+    if started:
+        stream.status, stream.start_time = Stream.Status.IN_PROGRESS, at
+    return started

@@ -1,0 +1,107 @@
+"""The one-statement lifecycle steps on PostgreSQL (streams/pgwrite.py) write what the ORM writes.
+
+Each step runs twice, once one-statement and once through the ORM (pgwrite switched off), and
+the rows are compared column by column, less what differs by nature (ids, UUIDs, times).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+
+from streams import pgwrite, services
+from streams.core.validation import validate_stream_params
+from streams.models import Account, Call, Stream, StreamEvent
+
+pytestmark = pytest.mark.skipif(connection.vendor != "postgresql", reason="one-statement steps are PostgreSQL's")
+
+VARYING = {"id", "call", "stream", "call_uuid", "stream_id", "started_at", "created_at", "start_time", "timestamp"}
+URL = "wss://bot.example.com/ws"
+
+
+def columns(row: Any) -> dict[str, Any]:
+    values = {f.attname: getattr(row, f.attname) for f in row._meta.concrete_fields}
+    return {k: v for k, v in values.items() if k not in VARYING and k.removesuffix("_id") not in VARYING}
+
+
+def event_rows(stream: Stream) -> list[tuple[str, str, dict[str, str]]]:
+    rows = StreamEvent.objects.filter(stream=stream).order_by("id")
+    return [
+        (e.event, e.error, {k: v for k, v in e.params.items() if k not in {"StreamID", "CallUUID", "Timestamp"}})
+        for e in rows
+    ]
+
+
+def open_call(account: Account, *, one_statement: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Call, list[Any]]:
+    monkeypatch.setattr(pgwrite, "usable", lambda: one_statement)
+    params = [
+        validate_stream_params({"service_url": URL, "bidirectional": True, "extra_headers": "a=1"}),
+        validate_stream_params({"service_url": URL + "/2", "audio_track": "both", "stream_timeout": 120}),
+        validate_stream_params({"service_url": URL}),  # a conflict: not written
+    ]
+    metadata = {"raw": {"x": [1, "é"]}, "playback": False, "playbackNote": "no playback here"}
+    return services.call_open_with_streams(
+        account=account,
+        call_uuid=uuid.uuid4(),
+        streams=params,
+        from_number="+15550001",
+        to_number="+15550002",
+        metadata=metadata,
+        server_id="test#1",
+        control_channel="hub.x!y",
+    )
+
+
+def test_a_call_set_up_writes_the_rows_the_orm_writes(account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast_call, fast = open_call(account, one_statement=True, monkeypatch=monkeypatch)
+    orm_call, orm = open_call(account, one_statement=False, monkeypatch=monkeypatch)
+    assert isinstance(fast[2], services.StreamConflict) and isinstance(orm[2], services.StreamConflict)
+    assert columns(Call.objects.get(pk=fast_call.pk)) == columns(Call.objects.get(pk=orm_call.pk))
+    assert fast_call.pk is not None and not fast_call._state.adding
+    for mine, theirs in zip(fast[:2], orm[:2], strict=True):
+        stored = Stream.objects.get(pk=mine.pk)
+        assert stored.stream_id == mine.stream_id and stored.call_id == fast_call.pk
+        assert columns(stored) == columns(Stream.objects.get(pk=theirs.pk))
+        assert event_rows(stored) == event_rows(theirs)
+    # the bidirectional stream on a gateway without playback: one-way, with its PlaybackUnavailable row
+    assert [e[0] for e in event_rows(fast[0])] == ["StreamCreated", "PlaybackUnavailable"]
+    assert not Stream.objects.get(pk=fast[0].pk).bidirectional
+
+
+def test_a_start_writes_the_rows_the_orm_writes_and_only_once(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queued = [("ConnectAttemptFailed", "refused", {"Attempt": 1}), ("Connected", "", {"Attempt": 2})]
+    streams = []
+    for one_statement in (True, False):
+        _, created = open_call(account, one_statement=one_statement, monkeypatch=monkeypatch)
+        stream = created[1]
+        assert services.stream_mark_started(stream=stream, log_entries=queued)
+        assert stream.status == Stream.Status.IN_PROGRESS and stream.start_time is not None
+        # a second start (a retried write): no second StartStream, the queued rows still land
+        assert not services.stream_mark_started(stream=stream, log_entries=[("Late", "", {})])
+        streams.append(stream)
+    fast, orm = (Stream.objects.get(pk=s.pk) for s in streams)
+    assert fast.start_time == streams[0].start_time
+    assert columns(fast) == columns(orm)
+    assert event_rows(fast) == event_rows(orm)
+    assert [e[0] for e in event_rows(fast)] == [
+        "StreamCreated",
+        "ConnectAttemptFailed",
+        "Connected",
+        "StartStream",
+        "Late",
+    ]
+
+
+def test_a_taken_call_uuid_fails_the_whole_statement(account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
+    call, _ = open_call(account, one_statement=True, monkeypatch=monkeypatch)
+    before = Stream.objects.count()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        services.call_open_with_streams(
+            account=account, call_uuid=call.call_uuid, streams=[validate_stream_params({"service_url": URL})]
+        )
+    assert Stream.objects.count() == before  # nothing of the refused call was written
