@@ -363,6 +363,23 @@ class Stream(models.Model):
         `extra` fields (the relay's counters) go in the same UPDATE. `at` backdates the end
         (a dead process's streams end at its last sign of life).
         """
+        values = self.end_values(reason=reason, error=error, interval=interval, at=at, extra=extra)
+        done = Stream.objects.filter(pk=self.pk, end_time__isnull=True).update(**values)
+        if done:
+            for key, value in values.items():
+                setattr(self, key, value)
+        return done == 1
+
+    def end_values(
+        self,
+        *,
+        reason: str,
+        error: str = "",
+        interval: int = 60,
+        at: datetime | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The columns an end writes (mark_ended; streams/pgwrite.py's one-statement hang-up)."""
         now = max(at, self.start_time or at) if at is not None else timezone.now()
         status = Stream.Status.FAILED if reason == Stream.Reason.CONNECTION_ERROR else Stream.Status.STOPPED
         charge = billing.bill(
@@ -380,11 +397,7 @@ class Stream(models.Model):
         if error:
             values["last_error"] = error[:500]
         values.update(extra or {})
-        done = Stream.objects.filter(pk=self.pk, end_time__isnull=True).update(**values)
-        if done:
-            for key, value in values.items():
-                setattr(self, key, value)
-        return done == 1
+        return values
 
 
 class StreamEvent(DebugEntry):

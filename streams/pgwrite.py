@@ -64,14 +64,15 @@ def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEven
         )
         if events:  # each event names its stream by stream_id (known before the INSERT); the join gives its id
             fields, names, casts = _spec(StreamEvent, ("stream_id",))
-            for event in events:
-                params.append(event.stream.stream_id)
+            for n, event in enumerate(events):
+                params.extend([n, event.stream.stream_id])
                 _values(event, fields, params)
-            rows = ", ".join([f"(CAST(%s AS uuid), {casts})"] * len(events))
+            rows = ", ".join([f"(CAST(%s AS integer), CAST(%s AS uuid), {casts})"] * len(events))
             aliases = ", ".join(f"c{i}" for i in range(len(fields)))
-            sql += (
+            sql += (  # ORDER BY: the rows get their ids in the order given (the debug log's order)
                 f", e AS (INSERT INTO {StreamEvent._meta.db_table} (stream_id, {names}) "
-                f"SELECT s.id, {aliases} FROM s JOIN (VALUES {rows}) AS v(sid, {aliases}) ON s.stream_id = v.sid)"
+                f"SELECT s.id, {aliases} FROM s JOIN (VALUES {rows}) AS v(n, sid, {aliases}) ON s.stream_id = v.sid "
+                "ORDER BY v.n)"
             )
         sql += " SELECT c.id, s.id, s.stream_id FROM c LEFT JOIN s ON true"
     else:
@@ -98,15 +99,15 @@ def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], st
         "WHERE id = %s AND status = %s RETURNING id)"
     )
     fields, names, casts = _spec(StreamEvent)
-    for event, always in [*((event, True) for event in events), (start_event, False)]:
-        params.append(always)
+    for n, (event, always) in enumerate([*((event, True) for event in events), (start_event, False)]):
+        params.extend([n, always])
         _values(event, fields, params)
-    rows = ", ".join([f"(CAST(%s AS boolean), {casts})"] * (len(events) + 1))
+    rows = ", ".join([f"(CAST(%s AS integer), CAST(%s AS boolean), {casts})"] * (len(events) + 1))
     aliases = ", ".join(f"c{i}" for i in range(len(fields)))
     sql += (
         f", e AS (INSERT INTO {StreamEvent._meta.db_table} ({names}) "
-        f"SELECT {aliases} FROM (VALUES {rows}) AS v(always, {aliases}) "
-        "WHERE v.always OR EXISTS (SELECT 1 FROM u))"
+        f"SELECT {aliases} FROM (VALUES {rows}) AS v(n, always, {aliases}) "
+        "WHERE v.always OR EXISTS (SELECT 1 FROM u) ORDER BY v.n)"
         " SELECT count(*) FROM u"
     )
     with connection.cursor() as cursor:
@@ -116,3 +117,66 @@ def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], st
     if started:
         stream.status, stream.start_time = Stream.Status.IN_PROGRESS, at
     return started
+
+
+def _set_clause(model: type[Model], values: dict[str, Any], params: list[Any]) -> str:
+    parts = []
+    for name, value in values.items():
+        field = model._meta.get_field(name)
+        assert isinstance(field, Field)
+        params.append(field.get_db_prep_save(value, connection))
+        parts.append(f"{connection.ops.quote_name(field.column)} = CAST(%s AS {field.db_type(connection)})")
+    return ", ".join(parts)
+
+
+def end_call(
+    call: Call,
+    ended_at: datetime,
+    ends: Sequence[tuple[Stream, dict[str, Any], Sequence[StreamEvent]]],
+) -> tuple[set[int], bool]:
+    """A hang-up's writes as one statement: each stream's end (`values`: Stream.end_values) where
+    the row is still as the caller's instance has it (not ended, same status and start time),
+    with its debug rows only if that end happened; and the call's end if it is still live.
+    Returns (the streams it ended, whether it ended the call). A stream whose row had changed
+    (ended or started elsewhere meanwhile) is not written: the caller ends it the ORM's way."""
+    params: list[Any] = []
+    ctes = []
+    for index, (stream, values, _) in enumerate(ends):
+        sets = _set_clause(Stream, values, params)
+        params.extend([stream.pk, stream.status, stream.start_time])
+        ctes.append(
+            f"u{index} AS (UPDATE {Stream._meta.db_table} SET {sets} WHERE id = %s AND end_time IS NULL "
+            "AND status = %s AND start_time IS NOT DISTINCT FROM CAST(%s AS timestamp with time zone) RETURNING id)"
+        )
+    done = (
+        " UNION ALL ".join(f"SELECT id FROM u{index}" for index in range(len(ends)))
+        or "SELECT NULL::bigint AS id WHERE false"
+    )
+    ctes.append(f"done AS ({done})")
+    rows = [(stream.pk, event) for stream, _, events in ends for event in events]
+    if rows:
+        fields, names, casts = _spec(StreamEvent, ("stream_id",))
+        for n, (pk, event) in enumerate(rows):
+            params.extend([n, pk])
+            _values(event, fields, params)
+        aliases = ", ".join(f"c{i}" for i in range(len(fields)))
+        values_sql = ", ".join([f"(CAST(%s AS integer), CAST(%s AS bigint), {casts})"] * len(rows))
+        ctes.append(
+            f"e AS (INSERT INTO {StreamEvent._meta.db_table} (stream_id, {names}) "
+            f"SELECT sid, {aliases} FROM (VALUES {values_sql}) AS v(n, sid, {aliases}) "
+            "WHERE v.sid IN (SELECT id FROM done) ORDER BY v.n)"
+        )
+    params.extend([Call.Status.ENDED, ended_at, call.pk, Call.Status.LIVE])
+    ctes.append(
+        f"c AS (UPDATE {Call._meta.db_table} SET status = %s, ended_at = %s WHERE id = %s AND status = %s RETURNING id)"
+    )
+    sql = "WITH " + ", ".join(ctes) + " SELECT 'stream', id FROM done UNION ALL SELECT 'call', id FROM c"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        result = cursor.fetchall()
+    ended = {pk for kind, pk in result if kind == "stream"}
+    for stream, values, _ in ends:
+        if stream.pk in ended:
+            for key, value in values.items():
+                setattr(stream, key, value)
+    return ended, any(kind == "call" for kind, _ in result)

@@ -381,14 +381,46 @@ def _end_stream(
         reason=reason, error=error, interval=settings.STREAMHUB_BILLING_INTERVAL, at=at, extra=stats or {}
     )
     if ended:
-        if reason == Stream.Reason.CONNECTION_ERROR:  # DroppedStream always says why; StopStream never has Error
-            entries.append(("DroppedStream", error or CONNECTION_ERROR, {"HangupReason": reason}))
-        else:
-            entries.append(("StopStream", "", {"HangupReason": reason}))
+        entries.append(_final_entry(reason, error))
     stream_log_batch(stream=fresh, entries=entries)
     if stats and not ended:  # stored with the end otherwise
         Stream.objects.filter(pk=fresh.pk).update(**stats)
     return fresh, ended
+
+
+def _final_entry(reason: str, error: str) -> tuple[str, str, dict[str, Any]]:
+    """An end's debug row: DroppedStream always says why; StopStream never has Error."""
+    if reason == Stream.Reason.CONNECTION_ERROR:
+        return ("DroppedStream", error or CONNECTION_ERROR, {"HangupReason": reason})
+    return ("StopStream", "", {"HangupReason": reason})
+
+
+def _one_statement_end(end: dict[str, Any]) -> bool:
+    """Whether a stream's end can go in pgwrite.end_call: no outbox row to write (no status
+    callback), no StartStream to record first, not ended already as far as the caller knows."""
+    stream: Stream = end["stream"]
+    late_start = end.get("started_at") is not None and stream.status == Stream.Status.INITIATED
+    return not stream.status_callback_url and stream.end_time is None and not late_start
+
+
+def _end_rows(end: dict[str, Any]) -> tuple[Stream, dict[str, Any], list[StreamEvent]]:
+    """pgwrite.end_call's part for one stream: its row, the columns of its end, its debug rows."""
+    stream: Stream = end["stream"]
+    reason, error = end["reason"], end.get("error", "")
+    values = stream.end_values(
+        reason=reason,
+        error=error,
+        interval=settings.STREAMHUB_BILLING_INTERVAL,
+        at=end.get("at"),
+        extra=end.get("stats") or {},
+    )
+    rows = [
+        StreamEvent(
+            stream=stream, event=event, error=text[:1000], params=event_params(stream, event, error=text, extra=extra)
+        )
+        for event, text, extra in [*(end.get("log_entries") or []), _final_entry(reason, error)]
+    ]
+    return stream, values, rows
 
 
 _ACTIVE_STREAM_SQL = "SELECT 1 FROM {table} WHERE call_id = %s AND end_time IS NULL LIMIT 1"
@@ -460,11 +492,29 @@ def call_end(
         locked = call  # what another step may have changed, read under the lock; the rest never changes
         for name, value in zip(_CALL_END_FIELDS, state, strict=True):
             setattr(locked, name, value)
+        one_statement = [end for end in stream_ends if pgwrite.usable() and _one_statement_end(end)]
+        done: list[Stream] = []  # the streams this step ended
         for end in stream_ends:
+            if any(end is chosen for chosen in one_statement):
+                continue
             outcome = _end_stream(**end)
             if outcome is not None and outcome[1]:
-                ended.append(end["stream"])
-        hung_up = locked.mark_ended(at=at)
+                done.append(end["stream"])
+        if pgwrite.usable():  # the streams' ends and the call's: one statement (streams/pgwrite.py)
+            now = max(at, locked.started_at) if at is not None else timezone.now()
+            written, hung_up = pgwrite.end_call(locked, now, [_end_rows(end) for end in one_statement])
+            for end in one_statement:
+                if end["stream"].pk in written:
+                    done.append(end["stream"])
+                    continue
+                outcome = _end_stream(**end)  # its row had changed meanwhile: the ORM's way, which reads it
+                if outcome is not None and outcome[1]:
+                    done.append(end["stream"])
+            if hung_up:
+                locked.status, locked.ended_at = Call.Status.ENDED, now
+        else:
+            hung_up = locked.mark_ended(at=at)
+        ended.extend(end["stream"] for end in stream_ends if any(end["stream"] is stream for stream in done))
         if hung_up:  # the application's hangup request goes into the outbox with the end
             call_hangup_request(call=locked)
         active: list[Stream] = []

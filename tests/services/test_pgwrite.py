@@ -7,6 +7,7 @@ the rows are compared column by column, less what differs by nature (ids, UUIDs,
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +19,19 @@ from streams.models import Account, Call, Stream, StreamEvent
 
 pytestmark = pytest.mark.skipif(connection.vendor != "postgresql", reason="one-statement steps are PostgreSQL's")
 
-VARYING = {"id", "call", "stream", "call_uuid", "stream_id", "started_at", "created_at", "start_time", "timestamp"}
+VARYING = {
+    "id",
+    "call",
+    "stream",
+    "call_uuid",
+    "stream_id",
+    "started_at",
+    "created_at",
+    "start_time",
+    "timestamp",
+    "ended_at",  # each call's `at` is its own start + 61 s (the tests compare it so)
+    "end_time",
+}
 URL = "wss://bot.example.com/ws"
 
 
@@ -105,3 +118,63 @@ def test_a_taken_call_uuid_fails_the_whole_statement(account: Account, monkeypat
             account=account, call_uuid=call.call_uuid, streams=[validate_stream_params({"service_url": URL})]
         )
     assert Stream.objects.count() == before  # nothing of the refused call was written
+
+
+def test_a_hang_up_writes_the_rows_the_orm_writes(account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two streams ended by the session (one started, one dropped) and the call, both ways."""
+    calls = []
+    for one_statement in (True, False):
+        call, created = open_call(account, one_statement=one_statement, monkeypatch=monkeypatch)
+        first, second = created[0], created[1]
+        services.stream_mark_started(stream=first)
+        at = call.started_at + timedelta(seconds=61)
+        ends = [
+            {
+                "stream": first,
+                "reason": Stream.Reason.CALL_HANGUP,
+                "stats": {"frames_sent": 3050, "played_ms": 20, "buffer_samples": [[0.0, 0.5]]},
+                "at": at,
+                "log_entries": [("DegradedStream", "", {"BufferUsage": 30})],
+            },
+            {"stream": second, "reason": Stream.Reason.CONNECTION_ERROR, "error": "refused", "at": at},
+        ]
+        ended = services.call_end(call=call, notify_session=False, at=at, stream_ends=ends)
+        assert [s.pk for s in ended] == [first.pk, second.pk]
+        assert call.status == Call.Status.ENDED and call.ended_at == at
+        assert first.end_time == at and first.billed_amount == Stream.objects.get(pk=first.pk).billed_amount
+        calls.append((call, first, second))
+        # ended already: a second hang-up (a retried write) ends nothing and writes no second StopStream
+        assert services.call_end(call=call, notify_session=False, at=at, stream_ends=ends) == []
+    (fast_call, *fast), (orm_call, *orm) = calls
+    for call, *_ in calls:
+        row = Call.objects.get(pk=call.pk)
+        assert row.ended_at == row.started_at + timedelta(seconds=61)
+    assert columns(Call.objects.get(pk=fast_call.pk)) == columns(Call.objects.get(pk=orm_call.pk))
+    for mine, theirs in zip(fast, orm, strict=True):
+        assert columns(Stream.objects.get(pk=mine.pk)) == columns(Stream.objects.get(pk=theirs.pk))
+        assert event_rows(mine) == event_rows(theirs)
+    # the queued row, then the end; the retry wrote its queued row again (as the ORM way does) and no end
+    assert [e[0] for e in event_rows(fast[0])][-3:] == ["DegradedStream", "StopStream", "DegradedStream"]
+    assert [e[:2] for e in event_rows(fast[1])][1:] == [("DroppedStream", "refused")]
+    assert Stream.objects.get(pk=fast[0].pk).frames_sent == 3050
+
+
+def test_a_stream_ended_elsewhere_meanwhile_is_left_as_it_was_ended(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's instance still says in-progress, but a REST stop ended the row: the hang-up
+    does not end it again; it stores the counters and the queued rows, as the ORM way does."""
+    call, created = open_call(account, one_statement=True, monkeypatch=monkeypatch)
+    stream = created[1]
+    services.stream_mark_started(stream=stream)
+    Stream.objects.get(pk=stream.pk).mark_ended(reason=Stream.Reason.API_REQUEST)  # elsewhere
+    end = {
+        "stream": stream,
+        "reason": Stream.Reason.CALL_HANGUP,
+        "stats": {"frames_sent": 7, "played_ms": 0, "buffer_samples": []},
+        "log_entries": [("Queued", "", {})],
+    }
+    assert services.call_end(call=call, notify_session=False, stream_ends=[end]) == [created[0]]
+    row = Stream.objects.get(pk=stream.pk)
+    assert row.hangup_reason == "API request" and row.frames_sent == 7
+    assert [e[0] for e in event_rows(row)] == ["StreamCreated", "StartStream", "Queued"]
