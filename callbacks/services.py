@@ -45,7 +45,7 @@ from callbacks.publish import queue_delivery
 from streamhub.dbguard import bounded_atomic
 from streamhub.logs import callback_log_ids
 from streams.core.validation import EgressPolicy
-from streams.models import Call, Stream
+from streams.models import Account, Call, Stream
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -148,6 +148,10 @@ def redacted_url(url: str) -> str:
 
 def _claim(delivery: CallbackDelivery, now: datetime) -> CallbackAttempt | None:
     with bounded_atomic():
+        # The account's row lock first: claims of one account take turns, so two of them cannot
+        # both count N-1 in flight and both claim (the limit was exceeded under a burst: a CI
+        # run saw 6 of 4). Always account, then stream: no other path locks an account.
+        list(Account.objects.select_for_update().filter(pk=delivery.account_id).values_list("pk"))
         # The stream's row lock orders this claim with a redelivery that reopens an earlier
         # callback of the stream (callback_redeliver): the claim's check then sees it open.
         _lock_streams([delivery.stream_id])
