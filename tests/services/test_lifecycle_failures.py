@@ -5,9 +5,11 @@ Real database, real threads; the control messages go through the configured chan
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -110,49 +112,9 @@ def test_a_dead_process_is_billed_to_its_last_heartbeat_not_to_the_sweep(account
     assert Call.objects.get(pk=call.pk).ended_at == last_beat
 
 
-def test_a_stuck_row_lock_makes_the_end_fail_fast_and_a_retry_finishes_it(account: Account, settings: Any) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("lock_timeout is a PostgreSQL setting")
-    settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS = 0.5
-    call = live_call(account)
-    stream = services.stream_create(call=call, params=params(), notify_session=False)
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold_lock() -> None:  # an admin query or a stuck transaction holding the stream's row
-        try:
-            with transaction.atomic():
-                list(Stream.objects.select_for_update().filter(pk=stream.pk))
-                locked.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    try:
-        assert locked.wait(10)
-        began = time.monotonic()
-        with pytest.raises(OperationalError):
-            services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
-        assert time.monotonic() - began < 5  # not until the lock is released
-    finally:
-        release.set()
-        holder.join(30)
-    assert services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
-    assert Stream.objects.get(pk=stream.pk).events.filter(event="StopStream").count() == 1
-
-
-def test_a_stuck_row_lock_makes_a_one_statement_start_fail_fast_on_a_bounded_session(
-    account: Account, settings: Any
-) -> None:
-    """The hub's database threads bound their sessions (dbguard.bound_session), so the one-statement
-    steps (streams/pgwrite.py), which run outside any transaction block, are bounded too."""
-    if connection.vendor != "postgresql":
-        pytest.skip("lock_timeout is a PostgreSQL setting")
-    settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS = 0.5
-    call = live_call(account)
-    stream = services.stream_create(call=call, params=params(), notify_session=False)
+@contextlib.contextmanager
+def row_locked_elsewhere(stream: Stream) -> Iterator[None]:
+    """Another connection holds the stream's row lock for the block (an admin query, a stuck transaction)."""
     locked = threading.Event()
     release = threading.Event()
 
@@ -169,14 +131,45 @@ def test_a_stuck_row_lock_makes_a_one_statement_start_fail_fast_on_a_bounded_ses
     holder.start()
     try:
         assert locked.wait(10)
-        bound_session()
-        began = time.monotonic()
-        with pytest.raises(OperationalError):
-            services.stream_mark_started(stream=stream)
-        assert time.monotonic() - began < 5  # not until the lock is released
+        yield
     finally:
         release.set()
         holder.join(30)
+
+
+def test_a_stuck_row_lock_makes_the_end_fail_fast_and_a_retry_finishes_it(account: Account, settings: Any) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("lock_timeout is a PostgreSQL setting")
+    settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS = 0.5
+    call = live_call(account)
+    stream = services.stream_create(call=call, params=params(), notify_session=False)
+    with row_locked_elsewhere(stream):
+        began = time.monotonic()
+        with pytest.raises(OperationalError):
+            services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
+        assert time.monotonic() - began < 5  # not until the lock is released
+    assert services.stream_end(stream=stream, reason=Stream.Reason.CALL_HANGUP, notify_session=False)
+    assert Stream.objects.get(pk=stream.pk).events.filter(event="StopStream").count() == 1
+
+
+def test_a_stuck_row_lock_makes_a_one_statement_start_fail_fast_on_a_bounded_session(
+    account: Account, settings: Any
+) -> None:
+    """The hub's database threads bound their sessions (dbguard.bound_session), so the one-statement
+    steps (streams/pgwrite.py), which run outside any transaction block, are bounded too."""
+    if connection.vendor != "postgresql":
+        pytest.skip("lock_timeout is a PostgreSQL setting")
+    settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS = 0.5
+    call = live_call(account)
+    stream = services.stream_create(call=call, params=params(), notify_session=False)
+    try:
+        with row_locked_elsewhere(stream):
+            bound_session()
+            began = time.monotonic()
+            with pytest.raises(OperationalError):
+                services.stream_mark_started(stream=stream)
+            assert time.monotonic() - began < 5  # not until the lock is released
+    finally:
         connections.close_all()  # this session's limits end with it
     assert services.stream_mark_started(stream=stream)
     assert Stream.objects.get(pk=stream.pk).events.filter(event="StartStream").count() == 1
