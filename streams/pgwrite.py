@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
 from streams.models import Call, Stream, StreamEvent
@@ -42,21 +43,29 @@ def _spec(model: type[Model], skip: tuple[str, ...] = ()) -> tuple[tuple[Field[A
     return fields, names, casts
 
 
-def _values(obj: Model, fields: tuple[Field[Any, Any], ...], params: list[Any]) -> None:
+def _db() -> BaseDatabaseWrapper:
+    """This thread's connection itself: `django.db.connection` is a proxy that looks the
+    thread's connection up (an asgiref Local) on every attribute, and `get_db_prep_save` reads
+    several per column: through the proxy that was most of a step's CPU (bench/setup_cpu.py)."""
+    return connections[DEFAULT_DB_ALIAS]
+
+
+def _values(obj: Model, fields: tuple[Field[Any, Any], ...], params: list[Any], db: BaseDatabaseWrapper) -> None:
     """Each column's value as the ORM would send it (`pre_save`, then `get_db_prep_save`)."""
-    params.extend(field.get_db_prep_save(field.pre_save(obj, add=True), connection) for field in fields)
+    params.extend(field.get_db_prep_save(field.pre_save(obj, add=True), db) for field in fields)
 
 
 def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEvent]) -> None:
     """INSERT the call, its streams and their events as one statement; sets the rows' ids."""
+    db = _db()
     params: list[Any] = []
     fields, names, casts = _spec(Call)
-    _values(call, fields, params)
+    _values(call, fields, params, db)
     sql = f"WITH c AS (INSERT INTO {Call._meta.db_table} ({names}) VALUES ({casts}) RETURNING id)"
     if streams:
         fields, names, casts = _spec(Stream, ("call_id",))
         for stream in streams:
-            _values(stream, fields, params)
+            _values(stream, fields, params, db)
         rows = ", ".join([f"({casts})"] * len(streams))
         sql += (
             f", s AS (INSERT INTO {Stream._meta.db_table} (call_id, {names}) "
@@ -66,7 +75,7 @@ def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEven
             fields, names, casts = _spec(StreamEvent, ("stream_id",))
             for n, event in enumerate(events):
                 params.extend([n, event.stream.stream_id])
-                _values(event, fields, params)
+                _values(event, fields, params, db)
             rows = ", ".join([f"(CAST(%s AS integer), CAST(%s AS uuid), {casts})"] * len(events))
             aliases = ", ".join(f"c{i}" for i in range(len(fields)))
             sql += (  # ORDER BY: the rows get their ids in the order given (the debug log's order)
@@ -77,22 +86,23 @@ def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEven
         sql += " SELECT c.id, s.id, s.stream_id FROM c LEFT JOIN s ON true"
     else:
         sql += " SELECT c.id, NULL, NULL FROM c"
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(sql, params)
         result = cursor.fetchall()
     call.pk = result[0][0]
-    call._state.adding, call._state.db = False, connection.alias
+    call._state.adding, call._state.db = False, db.alias
     ids = {str(stream_id): pk for _, pk, stream_id in result if pk is not None}
     for stream in streams:
         stream.pk = ids[str(stream.stream_id)]
         stream.call = call  # sets call_id, keeps the cached call (assigning call_id alone would drop it)
-        stream._state.adding, stream._state.db = False, connection.alias
+        stream._state.adding, stream._state.db = False, db.alias
 
 
 def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], start_event: StreamEvent) -> bool:
     """Stream.mark_started and the queued debug rows as one statement: the rows in `events`
     always, `start_event` (StartStream) only when this statement moved the stream from
     initiated to in-progress. True when it did (the caller's stream then says so)."""
+    db = _db()
     params: list[Any] = [Stream.Status.IN_PROGRESS, at, stream.pk, Stream.Status.INITIATED]
     sql = (
         f"WITH u AS (UPDATE {Stream._meta.db_table} SET status = %s, start_time = %s "
@@ -101,7 +111,7 @@ def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], st
     fields, names, casts = _spec(StreamEvent)
     for n, (event, always) in enumerate([*((event, True) for event in events), (start_event, False)]):
         params.extend([n, always])
-        _values(event, fields, params)
+        _values(event, fields, params, db)
     rows = ", ".join([f"(CAST(%s AS integer), CAST(%s AS boolean), {casts})"] * (len(events) + 1))
     aliases = ", ".join(f"c{i}" for i in range(len(fields)))
     sql += (
@@ -110,7 +120,7 @@ def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], st
         "WHERE v.always OR EXISTS (SELECT 1 FROM u) ORDER BY v.n)"
         " SELECT count(*) FROM u"
     )
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     started = row is not None and row[0] == 1
@@ -119,13 +129,20 @@ def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], st
     return started
 
 
-def _set_clause(model: type[Model], values: dict[str, Any], params: list[Any]) -> str:
+@functools.cache
+def _assignment(model: type[Model], name: str) -> tuple[Field[Any, Any], str]:
+    """A column's field and its `"column" = CAST(%s AS type)`, built once."""
+    field = model._meta.get_field(name)
+    assert isinstance(field, Field)
+    return field, f"{connection.ops.quote_name(field.column)} = CAST(%s AS {field.db_type(connection)})"
+
+
+def _set_clause(model: type[Model], values: dict[str, Any], params: list[Any], db: BaseDatabaseWrapper) -> str:
     parts = []
     for name, value in values.items():
-        field = model._meta.get_field(name)
-        assert isinstance(field, Field)
-        params.append(field.get_db_prep_save(value, connection))
-        parts.append(f"{connection.ops.quote_name(field.column)} = CAST(%s AS {field.db_type(connection)})")
+        field, part = _assignment(model, name)
+        params.append(field.get_db_prep_save(value, db))
+        parts.append(part)
     return ", ".join(parts)
 
 
@@ -133,16 +150,21 @@ def end_call(
     call: Call,
     ended_at: datetime,
     ends: Sequence[tuple[Stream, dict[str, Any], Sequence[StreamEvent]]],
+    *,
+    plain_only: bool = False,
 ) -> tuple[set[int], bool]:
     """A hang-up's writes as one statement: each stream's end (`values`: Stream.end_values) where
     the row is still as the caller's instance has it (not ended, same status and start time),
     with its debug rows only if that end happened; and the call's end if it is still live.
-    Returns (the streams it ended, whether it ended the call). A stream whose row had changed
+    With `plain_only` the call is ended only if it has no application and no recorded hang-up
+    cause (nothing for call_hangup_request to do), so the caller may run this without the call's
+    row lock. Returns (the streams it ended, whether it ended the call). A stream whose row had changed
     (ended or started elsewhere meanwhile) is not written: the caller ends it the ORM's way."""
+    db = _db()
     params: list[Any] = []
     ctes = []
     for index, (stream, values, _) in enumerate(ends):
-        sets = _set_clause(Stream, values, params)
+        sets = _set_clause(Stream, values, params, db)
         params.extend([stream.pk, stream.status, stream.start_time])
         ctes.append(
             f"u{index} AS (UPDATE {Stream._meta.db_table} SET {sets} WHERE id = %s AND end_time IS NULL "
@@ -158,7 +180,7 @@ def end_call(
         fields, names, casts = _spec(StreamEvent, ("stream_id",))
         for n, (pk, event) in enumerate(rows):
             params.extend([n, pk])
-            _values(event, fields, params)
+            _values(event, fields, params, db)
         aliases = ", ".join(f"c{i}" for i in range(len(fields)))
         values_sql = ", ".join([f"(CAST(%s AS integer), CAST(%s AS bigint), {casts})"] * len(rows))
         ctes.append(
@@ -167,11 +189,13 @@ def end_call(
             "WHERE v.sid IN (SELECT id FROM done) ORDER BY v.n)"
         )
     params.extend([Call.Status.ENDED, ended_at, call.pk, Call.Status.LIVE])
+    plain = " AND application_id IS NULL AND hangup_cause_name = ''" if plain_only else ""
     ctes.append(
-        f"c AS (UPDATE {Call._meta.db_table} SET status = %s, ended_at = %s WHERE id = %s AND status = %s RETURNING id)"
+        f"c AS (UPDATE {Call._meta.db_table} SET status = %s, ended_at = %s WHERE id = %s AND status = %s{plain} "
+        "RETURNING id)"
     )
     sql = "WITH " + ", ".join(ctes) + " SELECT 'stream', id FROM done UNION ALL SELECT 'call', id FROM c"
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(sql, params)
         result = cursor.fetchall()
     ended = {pk for kind, pk in result if kind == "stream"}

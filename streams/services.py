@@ -456,6 +456,38 @@ def _has_active_streams(call_id: int) -> bool:
         return cursor.fetchone() is not None
 
 
+def _active_streams(call_id: int) -> list[Stream]:
+    """The call's streams not ended yet (after a session's hang-up, usually none: one cheap query)."""
+    if not _has_active_streams(call_id):
+        return []
+    return list(Stream.objects.filter(call_id=call_id, end_time__isnull=True).select_related("account", "call"))
+
+
+def _plain_hang_up(
+    *, call: Call, at: datetime | None, stream_ends: Sequence[dict[str, Any]]
+) -> tuple[list[Stream], list[dict[str, Any]], bool]:
+    """A session's hang-up of a call with no application and no recorded cause, on PostgreSQL:
+    the streams' ends and the call's as one statement in autocommit, with no transaction and no
+    row lock (BEGIN, SELECT ... FOR UPDATE, COMMIT: three round trips fewer than call_end's).
+
+    The statement ends the call only while it is live with no application and no cause (what
+    the lock was read for: call_hangup_request has nothing to do then), and each stream only
+    while its row is as the session has it. A REST start that committed a stream meanwhile is
+    caught by the caller's check for active streams after the end (as under the lock: the
+    lock only orders the two, the check after the end is what ends such a stream).
+    Returns (the streams it ended, the ends it could not write (their rows had changed: the
+    locked path ends them the ORM's way), whether it ended the call)."""
+    if not pgwrite.usable() or not all(_one_statement_end(end) for end in stream_ends):
+        return [], list(stream_ends), False
+    now = max(at, call.started_at) if at is not None else timezone.now()
+    written, hung_up = pgwrite.end_call(call, now, [_end_rows(end) for end in stream_ends], plain_only=True)
+    ended = [end["stream"] for end in stream_ends if end["stream"].pk in written]
+    left = [end for end in stream_ends if end["stream"].pk not in written]
+    if hung_up:
+        call.status, call.ended_at = Call.Status.ENDED, now
+    return ended, left, hung_up
+
+
 def stream_stop(*, stream: Stream, reason: str = Stream.Reason.API_REQUEST) -> bool:
     return stream_end(stream=stream, reason=reason)
 
@@ -485,6 +517,16 @@ def call_end(
     hang-up is one lifecycle step, not one per stream and one for the call.
     """
     ended: list[Stream] = []
+    plain_hung_up = False
+    if stream_ends and call.application_id is None and not call.hangup_cause_name:
+        ended, stream_ends, plain_hung_up = _plain_hang_up(call=call, at=at, stream_ends=stream_ends)
+        if plain_hung_up and not stream_ends:
+            for stream in _active_streams(call.pk):  # a stream started by REST meanwhile
+                if stream_end(stream=stream, reason=reason, error=error, notify_session=False, at=at):
+                    ended.append(stream)
+            if notify_session:
+                control.send_to_call(call, {"type": "call.hangup"})
+            return ended
     with bounded_atomic():
         state = _lock_columns(Call, call.pk, _CALL_END_FIELDS)
         if state is None:
@@ -517,14 +559,12 @@ def call_end(
         ended.extend(end["stream"] for end in stream_ends if any(end["stream"] is stream for stream in done))
         if hung_up:  # the application's hangup request goes into the outbox with the end
             call_hangup_request(call=locked)
-        active: list[Stream] = []
-        if _has_active_streams(locked.pk):  # after a session's hang-up, usually none is left
-            active = list(Stream.objects.filter(call=locked, end_time__isnull=True).select_related("account", "call"))
+        active = _active_streams(locked.pk)
     for stream in active:
         if stream_end(stream=stream, reason=reason, error=error, notify_session=False, at=at):
             ended.append(stream)
     call.status, call.ended_at = locked.status, locked.ended_at
-    if hung_up and notify_session:
+    if (hung_up or plain_hung_up) and notify_session:
         control.send_to_call(call, {"type": "call.hangup"})
     return ended
 

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from streams import pgwrite, services
+from streams.core import application as plivo_app
 from streams.core.validation import validate_stream_params
-from streams.models import Account, Call, Stream, StreamEvent
+from streams.models import Account, Call, CallEvent, Stream, StreamEvent
 
 pytestmark = pytest.mark.skipif(connection.vendor != "postgresql", reason="one-statement steps are PostgreSQL's")
 
@@ -178,3 +180,58 @@ def test_a_stream_ended_elsewhere_meanwhile_is_left_as_it_was_ended(
     row = Stream.objects.get(pk=stream.pk)
     assert row.hangup_reason == "API request" and row.frames_sent == 7
     assert [e[0] for e in event_rows(row)] == ["StreamCreated", "StartStream", "Queued"]
+
+
+def session_ends(streams: list[Any], at: Any) -> list[dict[str, Any]]:
+    return [{"stream": s, "reason": Stream.Reason.CALL_HANGUP, "at": at, "stats": {"frames_sent": 5}} for s in streams]
+
+
+def test_a_plain_hang_up_is_one_statement_without_a_lock_and_one_check(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No application, no recorded cause: the ends in autocommit, then the check for streams left."""
+    call, created = open_call(account, one_statement=True, monkeypatch=monkeypatch)
+    first, second = created[0], created[1]
+    services.stream_mark_started(stream=first)
+    at = call.started_at + timedelta(seconds=3)
+    with CaptureQueriesContext(connection) as context:
+        ended = services.call_end(call=call, notify_session=False, at=at, stream_ends=session_ends([first, second], at))
+    sql = [q["sql"] for q in context.captured_queries]
+    assert len(sql) == 2, sql  # no savepoint (no transaction block), no SELECT ... FOR UPDATE
+    assert sql[0].startswith("WITH ") and "FOR UPDATE" not in " ".join(sql)
+    assert ended == [first, second] and call.status == Call.Status.ENDED and call.ended_at == at
+    assert Call.objects.get(pk=call.pk).status == Call.Status.ENDED
+    assert {s.status for s in Stream.objects.filter(pk__in=[first.pk, second.pk])} == {Stream.Status.STOPPED}
+
+
+def test_a_cause_recorded_elsewhere_sends_the_hang_up_the_locked_way(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API hang-up recorded its cause after the session read the call: the statement leaves the
+    call live (its hangup request has work to do), and the locked step ends it and logs CallEnded."""
+    call, created = open_call(account, one_statement=True, monkeypatch=monkeypatch)
+    Call.objects.filter(pk=call.pk).update(hangup_cause_name=plivo_app.API_REQUEST.name)  # not in `call`
+    at = call.started_at + timedelta(seconds=3)
+    with CaptureQueriesContext(connection) as context:
+        ended = services.call_end(call=call, notify_session=False, at=at, stream_ends=session_ends(created[:2], at))
+    assert any("FOR UPDATE" in q["sql"] for q in context.captured_queries)
+    assert ended == created[:2] and call.status == Call.Status.ENDED
+    row = Call.objects.get(pk=call.pk)
+    assert row.status == Call.Status.ENDED and row.ended_at == at
+    assert list(CallEvent.objects.filter(call=row).values_list("event", flat=True)) == ["CallEnded"]
+    assert StreamEvent.objects.filter(stream__in=created[:2], event="StopStream").count() == 2  # written once
+
+
+def test_a_stream_started_by_rest_meanwhile_is_ended_after_a_plain_hang_up(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in the session's ends (its relay was not running yet): the check after the end finds it."""
+    call, created = open_call(account, one_statement=True, monkeypatch=monkeypatch)
+    late = services.stream_create(
+        call=call, params=validate_stream_params({"service_url": URL + "/late"}), notify_session=False
+    )
+    at = call.started_at + timedelta(seconds=3)
+    ended = services.call_end(call=call, notify_session=False, at=at, stream_ends=session_ends(created[:2], at))
+    assert [s.pk for s in ended] == [created[0].pk, created[1].pk, late.pk]
+    row = Stream.objects.get(pk=late.pk)
+    assert row.status == Stream.Status.STOPPED and row.hangup_reason == "Call hangup"
