@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from channels.db import DatabaseSyncToAsync
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import DatabaseError
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from streamhub.dbguard import bound_session
 
@@ -32,9 +33,30 @@ def db_async(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     )
 
 
+# A connection that ran a statement this recently is not health-checked again (below).
+HEALTHY_SECONDS = 1.0
+_USED_AT = "_streamhub_used_at"  # on the connection wrapper: (the driver's connection, when a hop last succeeded on it)
+
+
 def _bounded(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """One hop on a database thread: the session's limits, then `fn`.
+
+    Django checks a persistent connection's health (`SELECT 1`) at its first use after each
+    `close_old_connections`, which Channels runs around every hop: one round trip more for each
+    lifecycle step, a quarter of a call's statements once each step is one statement. A
+    connection whose last hop succeeded less than HEALTHY_SECONDS ago is taken as checked: it
+    is as fresh as one checked a moment before the statement. One that failed is not (Django
+    closes it when errors occurred), nor one idle for longer; a lifecycle write that still
+    meets a connection lost meanwhile fails once and db_persist tries it again on a new one."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    raw, used_at = getattr(connection, _USED_AT, (None, 0.0))
+    if raw is not None and raw is connection.connection and time.monotonic() - used_at < HEALTHY_SECONDS:
+        connection.health_check_done = True  # type: ignore[attr-defined]  # (not in django-stubs)
     bound_session()
-    return fn(*args, **kwargs)
+    result = fn(*args, **kwargs)
+    if connection.connection is not None and not connection.errors_occurred:
+        setattr(connection, _USED_AT, (connection.connection, time.monotonic()))
+    return result
 
 
 RETRY_FIRST_SECONDS = 0.2
