@@ -27,6 +27,7 @@ from streamhub.dbguard import bound_session
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=256)  # built once per function: SyncToAsync's set-up inspects it each time
 def db_async(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return cast(
         Callable[..., Awaitable[Any]], DatabaseSyncToAsync(functools.partial(_bounded, fn), thread_sensitive=False)
