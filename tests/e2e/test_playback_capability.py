@@ -107,7 +107,15 @@ async def test_a_gateway_that_plays_gets_its_bidirectional_stream(
         assert stream.bidirectional
         await eventually(lambda: bot.events("playedStream"))
         await gw.close()
-    assert gw.audio.startswith(ramp(1600))
     assert not any(m.get("type") == "error" for m in gw.texts)
     events = await db(lambda: list(StreamEvent.objects.filter(stream=stream).values_list("event", flat=True)))()
     assert "PlaybackUnavailable" not in events
+    played, frame = ramp(1600), 320  # 20 ms of L16 at 8 kHz
+    if len(gw.audio) < len(played):
+        # a stall of the loop (a loaded CI machine): the pacer skips the late frames to stay on
+        # time, says so in the debug log, and what did go out is whole frames of the ramp, in order
+        assert "PlaybackStall" in events, (len(gw.audio), events)
+        offsets = [played.find(gw.audio[i : i + frame]) for i in range(0, len(gw.audio), frame)]
+        assert all(o >= 0 and o % frame == 0 for o in offsets) and offsets == sorted(set(offsets)), offsets
+    else:
+        assert gw.audio.startswith(played)
