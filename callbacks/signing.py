@@ -135,9 +135,17 @@ def ws_upgrade_uris(url: str) -> tuple[str, str]:
     return node, starlette + "/websocket"
 
 
+@functools.lru_cache(maxsize=1024)
+def _ws_signed_strings(url: str) -> tuple[str, ...]:
+    return tuple(signed_string(method="GET", uri=uri) for uri in ws_upgrade_uris(url))
+
+
 def sign_ws_upgrade(url: str, auth_token: str, nonce: str) -> dict[str, str]:
-    """Upgrade headers for dialling `url` (ws:// or wss://): both SDK variants, one nonce (D22)."""
-    return signature_headers(
-        [signature_v3(method="GET", uri=uri, nonce=nonce, auth_token=auth_token) for uri in ws_upgrade_uris(url)],
-        nonce,
-    )
+    """Upgrade headers for dialling `url` (ws:// or wss://): both SDK variants, one nonce (D22).
+    What is signed depends on the URL alone (cached); each dial only adds its nonce and the HMACs."""
+    key = auth_token.encode()
+    signatures = [
+        base64.b64encode(hmac.digest(key, f"{text}.{nonce}".encode(), "sha256")).decode("ascii")
+        for text in _ws_signed_strings(url)
+    ]
+    return signature_headers(signatures, nonce)
