@@ -12,7 +12,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -70,7 +70,8 @@ class StreamParams:
     reconnect_window: int = 0  # seconds; DEFAULT_RECONNECT_WINDOW when reconnect is on and none was given
 
     def as_model_fields(self) -> dict[str, Any]:
-        return asdict(self)
+        # every field is a scalar: a shallow copy is asdict's result without its recursive deep copy
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def parse_bool(value: Any) -> bool:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import string
+from dataclasses import asdict, fields
 
 import pytest
 from hypothesis import given
@@ -209,3 +210,24 @@ def test_the_reconnect_window_is_only_accepted_with_reconnect(reconnect: object)
     if reconnect is not None:
         data["reconnect"] = reconnect
     assert errors_of(data) == {"reconnect_window": "may only be given with reconnect=true"}
+
+
+def test_the_model_fields_are_every_parameter_as_validated() -> None:
+    """as_model_fields (what a Stream row is built from) holds every field, each the validated value."""
+    params = validate_stream_params(
+        {
+            "service_url": URL,
+            "bidirectional": "true",
+            "stream_timeout": "120",
+            "status_callback_url": "https://cb.example.com/s",
+            "status_callback_method": "GET",
+            "content_type": "audio/x-mulaw;rate=8000",
+            "extra_headers": "a=1,b=2",
+            "keep_call_alive": True,
+            "reconnect": True,
+            "reconnect_window": 30,
+        }
+    )
+    assert params.as_model_fields() == asdict(params)
+    assert set(params.as_model_fields()) == {f.name for f in fields(params)}
+    assert params.as_model_fields()["stream_timeout"] == 120 and params.as_model_fields()["bidirectional"] is True
