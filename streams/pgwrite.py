@@ -73,10 +73,13 @@ def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEven
         )
         if events:  # each event names its stream by stream_id (known before the INSERT); the join gives its id
             fields, names, casts = _spec(StreamEvent, ("stream_id",))
-            for n, event in enumerate(events):
-                params.extend([n, event.stream.stream_id])
+            for event in events:
+                params.append(event.stream.stream_id)
                 _values(event, fields, params, db)
-            rows = ", ".join([f"(CAST(%s AS integer), CAST(%s AS uuid), {casts})"] * len(events))
+            # each row's order as a literal (our own counter, not data): one parameter fewer per row, so a
+            # one-stream set-up has 50, which psycopg still caches the parsed statement for (more: it splits
+            # the 2.4 KB statement again on every call, ~150 us)
+            rows = ", ".join(f"({n}, CAST(%s AS uuid), {casts})" for n in range(len(events)))
             aliases = ", ".join(f"c{i}" for i in range(len(fields)))
             sql += (  # ORDER BY: the rows get their ids in the order given (the debug log's order)
                 f", e AS (INSERT INTO {StreamEvent._meta.db_table} (stream_id, {names}) "
