@@ -10,6 +10,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
@@ -110,6 +111,17 @@ def test_a_start_writes_the_rows_the_orm_writes_and_only_once(
         "StartStream",
         "Late",
     ]
+
+
+def test_the_set_up_statement_binds_its_values_on_the_server(account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Django's cursors quote each value into the SQL text (about 5 us a value); the lifecycle
+    statements send theirs as parameters, as PostgreSQL's own view of the session shows."""
+    open_call(account, one_statement=True, monkeypatch=monkeypatch)
+    pid = connection.connection.info.backend_pid
+    with psycopg.connect(connection.connection.info.dsn, autocommit=True) as other:
+        row = other.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+    assert row is not None and row[0].startswith("WITH c AS (INSERT"), row
+    assert "$1" in row[0] and "+15550001" not in row[0]  # the call's from_number went as a parameter
 
 
 def test_a_taken_call_uuid_fails_the_whole_statement(account: Account, monkeypatch: pytest.MonkeyPatch) -> None:
