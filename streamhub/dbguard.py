@@ -29,6 +29,11 @@ def _ms(seconds: float) -> str:
     return str(max(1, int(seconds * 1000)))
 
 
+def session_limits() -> tuple[str, str]:
+    """(lock_timeout, statement_timeout) in milliseconds, as set_config takes them."""
+    return _ms(settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS), _ms(settings.STREAMHUB_DB_STATEMENT_TIMEOUT_SECONDS)
+
+
 _BOUNDED = "_streamhub_bounded"  # set on a psycopg connection whose session has both limits
 
 
@@ -44,7 +49,7 @@ def bound_session(using: str = "default") -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-            [_ms(settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS), _ms(settings.STREAMHUB_DB_STATEMENT_TIMEOUT_SECONDS)],
+            list(session_limits()),
         )
     setattr(raw, _BOUNDED, True)
 
@@ -70,9 +75,6 @@ def bounded_atomic(using: str = "default", *, savepoint: bool = True) -> Iterato
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                    [
-                        _ms(settings.STREAMHUB_DB_LOCK_TIMEOUT_SECONDS),
-                        _ms(settings.STREAMHUB_DB_STATEMENT_TIMEOUT_SECONDS),
-                    ],
+                    list(session_limits()),
                 )
         yield

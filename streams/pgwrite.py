@@ -18,9 +18,9 @@ Only PostgreSQL (`usable`); SQLite keeps the ORM path, and the test suite runs b
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections
@@ -72,12 +72,32 @@ def _fetch(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> list[tuple[A
         return cast(list[tuple[Any, ...]], cursor.fetchall())
 
 
+T = TypeVar("T")
+Rows = list[tuple[Any, ...]]
+# A lifecycle step as a generator: it yields each statement (SQL, parameters), is sent its rows,
+# and returns its outcome. `run` drives one on this thread's connection (a database thread);
+# streams.live.pgloop drives the same generator on the event loop's own connections, so both
+# ways run the same statements and the same decisions.
+Step = Generator[tuple[str, list[Any]], Rows, T]
+
+
+def run(step: Step[T]) -> T:
+    """Run a step's statements on this thread's connection; its outcome."""
+    db = _db()
+    try:
+        statement = next(step)
+        while True:
+            statement = step.send(_fetch(db, *statement))
+    except StopIteration as done:
+        return cast(T, done.value)
+
+
 def _values(obj: Model, fields: tuple[Field[Any, Any], ...], params: list[Any], db: BaseDatabaseWrapper) -> None:
     """Each column's value as the ORM would send it (`pre_save`, then `get_db_prep_save`)."""
     params.extend(field.get_db_prep_save(field.pre_save(obj, add=True), db) for field in fields)
 
 
-def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEvent]) -> None:
+def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEvent]) -> Step[None]:
     """INSERT the call, its streams and their events as one statement; sets the rows' ids.
     IntegrityError, with nothing written, when the call's call_uuid is taken."""
     db = _db()
@@ -115,7 +135,7 @@ def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEven
         sql += " SELECT c.id, s.id, s.stream_id FROM c LEFT JOIN s ON true"
     else:
         sql += " SELECT c.id, NULL, NULL FROM c"
-    result = _fetch(db, sql, params)
+    result = yield sql, params
     if not result:  # nothing was written: the call's row conflicted (its streams and events hang on it)
         raise IntegrityError(f"call_uuid {call.call_uuid} is taken")
     call.pk = result[0][0]
@@ -127,7 +147,7 @@ def open_call(call: Call, streams: Sequence[Stream], events: Sequence[StreamEven
         stream._state.adding, stream._state.db = False, db.alias
 
 
-def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], start_event: StreamEvent) -> bool:
+def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], start_event: StreamEvent) -> Step[bool]:
     """Stream.mark_started and the queued debug rows as one statement: the rows in `events`
     always, `start_event` (StartStream) only when this statement moved the stream from
     initiated to in-progress. True when it did (the caller's stream then says so)."""
@@ -149,7 +169,7 @@ def mark_started(stream: Stream, at: datetime, events: Sequence[StreamEvent], st
         "WHERE v.always OR EXISTS (SELECT 1 FROM u) ORDER BY v.n)"
         " SELECT count(*) FROM u"
     )
-    result = _fetch(db, sql, params)
+    result = yield sql, params
     started = bool(result) and result[0][0] == 1
     if started:
         stream.status, stream.start_time = Stream.Status.IN_PROGRESS, at
@@ -179,7 +199,7 @@ def end_call(
     ends: Sequence[tuple[Stream, dict[str, Any], Sequence[StreamEvent]]],
     *,
     plain_only: bool = False,
-) -> tuple[set[int], bool]:
+) -> Step[tuple[set[int], bool]]:
     """A hang-up's writes as one statement: each stream's end (`values`: Stream.end_values) where
     the row is still as the caller's instance has it (not ended, same status and start time),
     with its debug rows only if that end happened; and the call's end if it is still live.
@@ -222,7 +242,7 @@ def end_call(
         "RETURNING id)"
     )
     sql = "WITH " + ", ".join(ctes) + " SELECT 'stream', id FROM done UNION ALL SELECT 'call', id FROM c"
-    result = _fetch(db, sql, params)
+    result = yield sql, params
     ended = {pk for kind, pk in result if kind == "stream"}
     for stream, values, _ in ends:
         if stream.pk in ended:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -162,61 +161,82 @@ def call_open(
     return call
 
 
+Opened = tuple[Call, list[Stream | StreamConflict | TooManyStreams]]
+
+
 def call_open_with_streams(
     *, account: Account, call_uuid: uuid.UUID | str, streams: list[StreamParams], **call_fields: Any
-) -> tuple[Call, list[Stream | StreamConflict | TooManyStreams]]:
+) -> Opened:
     """A gateway's call and the streams its metadata asks for, in one transaction (call set-up
     is one lifecycle step), with the rules of stream_create: a second entry to the same service
     URL gets StreamConflict, the entries beyond STREAMHUB_MAX_STREAMS_PER_CALL TooManyStreams,
     and a bidirectional stream on a call whose gateway cannot play audio is created one-way
     (with its PlaybackUnavailable debug-log entry)."""
-    created: list[Stream | StreamConflict | TooManyStreams] = []
-    limit = settings.STREAMHUB_MAX_STREAMS_PER_CALL
-    one_statement = pgwrite.usable()  # PostgreSQL: the whole step as one statement (streams/pgwrite.py)
-    with bounded_atomic() if not one_statement else nullcontext():
-        call = call_open(account=account, call_uuid=call_uuid, save=not one_statement, **call_fields)
-        call.account = account
-        plays, note = call_playback(call)
-        urls: set[str] = set()
-        rows: list[Stream] = []
-        one_way: list[Stream] = []
-        for params in streams:
-            if params.service_url in urls:
-                created.append(StreamConflict(params.service_url))
-                continue
-            if len(rows) >= limit:
-                created.append(TooManyStreams(limit))
-                continue
-            urls.add(params.service_url)
-            fields = params.as_model_fields()
-            if params.bidirectional and not plays:
-                fields["bidirectional"] = False
-            stream = Stream(call=call, account=account, server_id=call.server_id, **fields)
-            rows.append(stream)
-            created.append(stream)
-            if params.bidirectional and not plays:
-                one_way.append(stream)
-        events = [
-            StreamEvent(stream=stream, event="StreamCreated", params=event_params(stream, "StreamCreated"))
-            for stream in rows
-        ]
-        reason = f"bidirectional refused, the stream is one-way: {no_playback_reason(note)}"
-        for stream in one_way:
-            log.warning("call %s: stream %s: %s", call.call_uuid, stream.stream_id, reason)
-            events.append(
-                StreamEvent(
-                    stream=stream,
-                    event="PlaybackUnavailable",
-                    error=reason[:1000],
-                    params=event_params(stream, "PlaybackUnavailable", error=reason),
-                )
-            )
-        if one_statement:
-            pgwrite.open_call(call, rows, events)
-        elif rows:
+    if pgwrite.usable():  # PostgreSQL: the whole step as one statement (streams/pgwrite.py)
+        return pgwrite.run(call_open_step(account=account, call_uuid=call_uuid, streams=streams, **call_fields))
+    with bounded_atomic():
+        call, created, rows, events = _open_rows(account, call_uuid, streams, save=True, call_fields=call_fields)
+        if rows:
             Stream.objects.bulk_create(rows)
             StreamEvent.objects.bulk_create(events)
     return call, created
+
+
+def call_open_step(
+    *, account: Account, call_uuid: uuid.UUID | str, streams: list[StreamParams], **call_fields: Any
+) -> pgwrite.Step[Opened]:
+    """call_open_with_streams on PostgreSQL, as a pgwrite step (one statement): run on a database
+    thread by pgwrite.run, or on the event loop by streams.live.pgloop."""
+    call, created, rows, events = _open_rows(account, call_uuid, streams, save=False, call_fields=call_fields)
+    yield from pgwrite.open_call(call, rows, events)
+    return call, created
+
+
+def _open_rows(
+    account: Account, call_uuid: uuid.UUID | str, streams: list[StreamParams], *, save: bool, call_fields: Any
+) -> tuple[Call, list[Stream | StreamConflict | TooManyStreams], list[Stream], list[StreamEvent]]:
+    """The set-up's rows: the call (saved with `save`), the entries' outcomes, the Stream rows and
+    their debug rows (not saved)."""
+    created: list[Stream | StreamConflict | TooManyStreams] = []
+    limit = settings.STREAMHUB_MAX_STREAMS_PER_CALL
+    call = call_open(account=account, call_uuid=call_uuid, save=save, **call_fields)
+    call.account = account
+    plays, note = call_playback(call)
+    urls: set[str] = set()
+    rows: list[Stream] = []
+    one_way: list[Stream] = []
+    for params in streams:
+        if params.service_url in urls:
+            created.append(StreamConflict(params.service_url))
+            continue
+        if len(rows) >= limit:
+            created.append(TooManyStreams(limit))
+            continue
+        urls.add(params.service_url)
+        fields = params.as_model_fields()
+        if params.bidirectional and not plays:
+            fields["bidirectional"] = False
+        stream = Stream(call=call, account=account, server_id=call.server_id, **fields)
+        rows.append(stream)
+        created.append(stream)
+        if params.bidirectional and not plays:
+            one_way.append(stream)
+    events = [
+        StreamEvent(stream=stream, event="StreamCreated", params=event_params(stream, "StreamCreated"))
+        for stream in rows
+    ]
+    reason = f"bidirectional refused, the stream is one-way: {no_playback_reason(note)}"
+    for stream in one_way:
+        log.warning("call %s: stream %s: %s", call.call_uuid, stream.stream_id, reason)
+        events.append(
+            StreamEvent(
+                stream=stream,
+                event="PlaybackUnavailable",
+                error=reason[:1000],
+                params=event_params(stream, "PlaybackUnavailable", error=reason),
+            )
+        )
+    return call, created, rows, events
 
 
 def stream_create(
@@ -288,17 +308,7 @@ def stream_mark_started(
     `log_entries`: the relay's queued debug events, written first in the same transaction.
     """
     if pgwrite.usable() and not stream.status_callback_url:  # no outbox row: one statement (streams/pgwrite.py)
-        rows = [
-            StreamEvent(
-                stream=stream,
-                event=event,
-                error=error[:1000],
-                params=event_params(stream, event, error=error, extra=extra),
-            )
-            for event, error, extra in log_entries or []
-        ]
-        start = StreamEvent(stream=stream, event="StartStream", params=event_params(stream, "StartStream"))
-        return pgwrite.mark_started(stream, at or timezone.now(), rows, start)
+        return pgwrite.run(stream_mark_started_step(stream=stream, at=at, log_entries=log_entries))
     with bounded_atomic():
         if not stream.mark_started(at=at):
             stream_log_batch(stream=stream, entries=log_entries or [])
@@ -306,6 +316,20 @@ def stream_mark_started(
         # the queued rows and StartStream: one INSERT when there is no callback to write with it
         stream_log_batch(stream=stream, entries=[*(log_entries or []), ("StartStream", "", {})])
     return True
+
+
+def stream_mark_started_step(
+    *, stream: Stream, at: datetime | None = None, log_entries: list[tuple[str, str, dict[str, Any]]] | None = None
+) -> pgwrite.Step[bool]:
+    """stream_mark_started on PostgreSQL for a stream with no status callback, as a pgwrite step."""
+    rows = [
+        StreamEvent(
+            stream=stream, event=event, error=error[:1000], params=event_params(stream, event, error=error, extra=extra)
+        )
+        for event, error, extra in log_entries or []
+    ]
+    start = StreamEvent(stream=stream, event="StartStream", params=event_params(stream, "StartStream"))
+    return (yield from pgwrite.mark_started(stream, at or timezone.now(), rows, start))
 
 
 def stream_degraded(*, stream: Stream, usage: int) -> None:
@@ -477,15 +501,40 @@ def _plain_hang_up(
     lock only orders the two, the check after the end is what ends such a stream).
     Returns (the streams it ended, the ends it could not write (their rows had changed: the
     locked path ends them the ORM's way), whether it ended the call)."""
-    if not pgwrite.usable() or not all(_one_statement_end(end) for end in stream_ends):
+    if not plain_hang_up_possible(call, stream_ends):
         return [], list(stream_ends), False
+    return pgwrite.run(plain_hang_up_step(call=call, at=at, stream_ends=stream_ends))
+
+
+def plain_hang_up_possible(call: Call, stream_ends: Sequence[dict[str, Any]]) -> bool:
+    """Whether a session's hang-up may take _plain_hang_up's way (PostgreSQL, no application,
+    no recorded cause, every stream's end one statement's)."""
+    return (
+        bool(stream_ends)
+        and call.application_id is None
+        and not call.hangup_cause_name
+        and pgwrite.usable()
+        and all(_one_statement_end(end) for end in stream_ends)
+    )
+
+
+def plain_hang_up_step(
+    *, call: Call, at: datetime | None, stream_ends: Sequence[dict[str, Any]]
+) -> pgwrite.Step[tuple[list[Stream], list[dict[str, Any]], bool]]:
+    """_plain_hang_up's statement as a pgwrite step (the caller checked plain_hang_up_possible)."""
     now = max(at, call.started_at) if at is not None else timezone.now()
-    written, hung_up = pgwrite.end_call(call, now, [_end_rows(end) for end in stream_ends], plain_only=True)
+    written, hung_up = yield from pgwrite.end_call(call, now, [_end_rows(end) for end in stream_ends], plain_only=True)
     ended = [end["stream"] for end in stream_ends if end["stream"].pk in written]
     left = [end for end in stream_ends if end["stream"].pk not in written]
     if hung_up:
         call.status, call.ended_at = Call.Status.ENDED, now
     return ended, left, hung_up
+
+
+def has_active_streams_step(call_id: int) -> pgwrite.Step[bool]:
+    """_has_active_streams on PostgreSQL as a pgwrite step."""
+    rows = yield _ACTIVE_STREAM_SQL.format(table=Stream._meta.db_table), [call_id]
+    return bool(rows)
 
 
 def stream_stop(*, stream: Stream, reason: str = Stream.Reason.API_REQUEST) -> bool:
@@ -544,7 +593,7 @@ def call_end(
                 done.append(end["stream"])
         if pgwrite.usable():  # the streams' ends and the call's: one statement (streams/pgwrite.py)
             now = max(at, locked.started_at) if at is not None else timezone.now()
-            written, hung_up = pgwrite.end_call(locked, now, [_end_rows(end) for end in one_statement])
+            written, hung_up = pgwrite.run(pgwrite.end_call(locked, now, [_end_rows(end) for end in one_statement]))
             for end in one_statement:
                 if end["stream"].pk in written:
                     done.append(end["stream"])

@@ -5,7 +5,8 @@ queues on one thread, so a burst of call set-ups (auth, Call row, Stream rows, e
 serialises behind one connection. Lifecycle writes are independent transactions, so
 they run on the loop's thread pool instead, each thread with its own (persistent)
 connection; old connections are still closed around each call. Lifecycle writes go
-through `db_persist`, which retries them until they succeed. Each of these connections
+through `db_persist`, which retries them until they succeed (on PostgreSQL a call's plain
+one-statement steps skip the thread altogether: streams.live.pgloop). Each of these connections
 has the lifecycle's lock and statement limits for its whole session (dbguard.bound_session).
 """
 

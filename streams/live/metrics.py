@@ -31,7 +31,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from streamhub.metrics import CONTENT_TYPE, bearer_ok, process_registry, render
-from streams.live import looplag, tally
+from streams.live import looplag, pgloop, tally
 from streams.live.admission import admission
 from streams.live.session import CallSession, registry
 from streams.models import Stream
@@ -178,6 +178,15 @@ class HubCollector(Collector):
             "streamhub_db_executor_threads",
             "Threads of the database executor",
             value=executor._max_workers if executor is not None else 0,
+        )
+        connections, waiting = pgloop.stats()
+        yield GaugeMetricFamily(
+            "streamhub_db_loop_connections", "PostgreSQL connections of the event loop (live.pgloop)", value=connections
+        )
+        yield GaugeMetricFamily(
+            "streamhub_db_loop_waiting",
+            "Lifecycle statements waiting for a connection of the event loop",
+            value=waiting,
         )
 
 

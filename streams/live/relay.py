@@ -55,7 +55,7 @@ from streams.core.buffer import Degraded, Overflow, SendBuffer
 from streams.core.noise import ENGINE, NoiseSuppressor
 from streams.core.playback import QueueFull, TooManyCheckpoints
 from streams.core.validation import AddressRefused, EgressPolicy
-from streams.live import tally
+from streams.live import pgloop, tally
 from streams.live.dbasync import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, db_async, db_persist
 from streams.models import Stream
 
@@ -718,9 +718,16 @@ class StreamRelay:
                 while True:
                     self._start_in_flight = True
                     try:
-                        await db_async(services.stream_mark_started)(
-                            stream=self.stream, at=self.started_at, log_entries=entries
-                        )
+                        if pgloop.usable() and not self.stream.status_callback_url:  # one statement, on the loop
+                            await pgloop.run(
+                                services.stream_mark_started_step(
+                                    stream=self.stream, at=self.started_at, log_entries=entries
+                                )
+                            )
+                        else:
+                            await db_async(services.stream_mark_started)(
+                                stream=self.stream, at=self.started_at, log_entries=entries
+                            )
                         return
                     except Exception as exc:
                         log.warning("could not record the start of stream %s: %s", self.stream_id, exc)

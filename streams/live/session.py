@@ -24,10 +24,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.db import IntegrityError
+from django.db import DatabaseError, IntegrityError
 from django.utils import timezone
 
 from streamhub import logs
@@ -36,6 +37,7 @@ from streams.core.audio import Reframer, frame_bytes, silence, split_stereo
 from streams.core.gateway import GatewayMetadata, gateway_error
 from streams.core.playback import MAX_OUTSTANDING_CHECKPOINTS, Pacer, PlaybackQueue, Played, TooManyCheckpoints
 from streams.core.validation import EgressPolicy, StreamParamError, StreamParams, validate_stream_params
+from streams.live import pgloop
 from streams.live.admission import admission
 from streams.live.application import ApplicationRunner
 from streams.live.dbasync import db_async, db_persist
@@ -141,7 +143,8 @@ class CallSession:
                 continue
             valid.append((index, params))
         # the call and its streams: one transaction, one trip to the database thread
-        self.call, created = await db_async(_open_call)(
+        opener = _open_call_on_loop if _on_loop(meta) else db_async(_open_call)
+        self.call, created = await opener(
             account=self.account,
             meta=meta,
             gateway=self.gateway,
@@ -510,7 +513,7 @@ class CallSession:
         stream_ends, self._stream_ends = self._stream_ends or [], None
         for task in list(self._tasks):
             task.cancel()
-        if self.call is not None:
+        if self.call is not None and not await self._plain_end_on_loop(ended_at, stream_ends):
             # Until this succeeds the process still holds the call (it stays in its heartbeat).
             # The streams' ends go in the same transaction: a hang-up is one write, not one per stream.
             await db_persist(
@@ -524,6 +527,30 @@ class CallSession:
                 stream_ends=stream_ends,
             )
         registry.discard(self)
+
+    async def _plain_end_on_loop(self, ended_at: datetime, stream_ends: list[dict[str, Any]]) -> bool:
+        """The plain hang-up (services.plain_hang_up_possible) on the event loop (streams.live.pgloop):
+        its statement, then the check for a stream started meanwhile. True when that was all; else
+        (a stream's row had changed, a cause was recorded meanwhile, a stream left, a database
+        error) `stream_ends` keeps what is left for services.call_end, which writes the rest on a
+        database thread until it succeeds (its steps are conditional: what was written is not
+        written again)."""
+        assert self.call is not None
+        if not (pgloop.usable() and services.plain_hang_up_possible(self.call, stream_ends)):
+            return False
+        try:
+            _, left, hung_up = await pgloop.run(
+                services.plain_hang_up_step(call=self.call, at=ended_at, stream_ends=stream_ends)
+            )
+            if hung_up and not left and not await pgloop.run(services.has_active_streams_step(self.call.pk)):
+                return True
+        except DatabaseError as exc:
+            log.warning(
+                "end of call %s failed on the loop; retrying: %s: %s", self.call.call_uuid, type(exc).__name__, exc
+            )
+            return False
+        stream_ends[:] = left
+        return False
 
     def take_stream_end(self, end: dict[str, Any]) -> bool:
         if self._stream_ends is None:
@@ -546,19 +573,64 @@ def _open_call(
     server_id: str,
     streams: list[StreamParams],
     control_channel: str = "",
-) -> tuple[Call, list[Stream | services.StreamConflict | services.TooManyStreams]]:
+) -> services.Opened:
     """D1: the gateway's call id is the CallUUID when it is a UUID not taken; else a new one.
     The metadata's streams are created with the call, in its transaction.
 
     The call's application is chosen here too (services.application_for_call); a named app
     that is not the account's leaves the call without one (the runner reports it).
     """
+    candidate, kwargs = _call_fields(account, meta, gateway, server_id, streams, control_channel)
+    # PostgreSQL's set-up statement refuses a taken call_uuid itself (IntegrityError, nothing
+    # written): no look-up first, one round trip fewer for every gateway that sends its call's UUID
+    if candidate is not None and (pgwrite.usable() or not Call.objects.filter(call_uuid=candidate).exists()):
+        try:
+            return services.call_open_with_streams(call_uuid=candidate, **kwargs)
+        except IntegrityError:
+            pass
+    return services.call_open_with_streams(call_uuid=uuid.uuid4(), **kwargs)
+
+
+async def _open_call_on_loop(
+    *,
+    account: Account,
+    meta: GatewayMetadata,
+    gateway: str,
+    server_id: str,
+    streams: list[StreamParams],
+    control_channel: str = "",
+) -> services.Opened:
+    """_open_call's PostgreSQL statement on the event loop (streams.live.pgloop), for a call with
+    streams and no application named (nothing to look up: the call has no application)."""
+    candidate, kwargs = _call_fields(account, meta, gateway, server_id, streams, control_channel)
+    if candidate is not None:
+        try:
+            return await pgloop.run(services.call_open_step(call_uuid=candidate, **kwargs))
+        except IntegrityError:
+            pass
+    return await pgloop.run(services.call_open_step(call_uuid=uuid.uuid4(), **kwargs))
+
+
+def _on_loop(meta: GatewayMetadata) -> bool:
+    """Whether a call's set-up takes the event loop's way (_open_call_on_loop)."""
+    return bool(meta.streams) and not meta.app_id and pgloop.usable()
+
+
+def _call_fields(
+    account: Account,
+    meta: GatewayMetadata,
+    gateway: str,
+    server_id: str,
+    streams: list[StreamParams],
+    control_channel: str,
+) -> tuple[uuid.UUID | None, dict[str, Any]]:
+    """The gateway's call id when it is a UUID, and the rest of call_open_with_streams' arguments."""
     metadata: dict[str, Any] = {"raw": meta.raw, "sampleRate": meta.sample_rate, "mixType": meta.mix_type}
     # read by services.stream_create: a call whose gateway cannot play audio gets no bidirectional stream
     metadata.update(playback=meta.playback is not False, playbackNote=meta.playback_note)
     if meta.plivo_params:
         metadata["plivo"] = meta.plivo_params
-    try:
+    try:  # no query for a call with streams and no app named: it has no application
         application = services.application_for_call(
             account=account, app_id=meta.app_id, wants_streams=bool(meta.streams)
         )
@@ -585,14 +657,7 @@ def _open_call(
         "control_channel": control_channel,
         "streams": streams,
     }
-    # PostgreSQL's set-up statement refuses a taken call_uuid itself (IntegrityError, nothing
-    # written): no look-up first, one round trip fewer for every gateway that sends its call's UUID
-    if candidate is not None and (pgwrite.usable() or not Call.objects.filter(call_uuid=candidate).exists()):
-        try:
-            return services.call_open_with_streams(call_uuid=candidate, **kwargs)
-        except IntegrityError:
-            pass
-    return services.call_open_with_streams(call_uuid=uuid.uuid4(), **kwargs)
+    return candidate, kwargs
 
 
 def _load_stream(*, call: Call, stream_id: str) -> Stream | None:

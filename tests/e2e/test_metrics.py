@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from django.db import connection
 from websockets.asyncio.server import ServerConnection
 
 from streams.models import Account, Stream
@@ -119,6 +120,10 @@ async def test_a_call_moves_each_counter_by_what_happened(
     assert delta(after, before, "streamhub_stream_ends_total", reason="Call hangup") == 1
     assert delta(after, before, "streamhub_stream_ends_total", reason="Connection error") == 0
     assert delta(after, before, "streamhub_event_loop_lag_seconds_count") > 0
+    # PostgreSQL: the call's set-up, start and hang-up went on the loop's own connections
+    loop_connections = metric(after, "streamhub_db_loop_connections")
+    assert loop_connections >= 1 if connection.vendor == "postgresql" else loop_connections == 0
+    assert metric(after, "streamhub_db_loop_waiting") == 0
 
     def worker_done() -> Samples | None:
         now = scrape(worker_metrics)
