@@ -96,9 +96,13 @@ class LoopPool:
                     return held
                 try:  # idle a while: the server may have closed it since (a restart, a timeout)
                     await held.conn.execute("SELECT 1")
-                    return held
                 except psycopg.Error:
                     self._discard(held)
+                    continue
+                except BaseException:  # cancelled mid-check: its slot must not be lost with it
+                    self._discard(held)
+                    raise
+                return held
             if self._open < self.size:
                 self._open += 1
                 try:
@@ -122,11 +126,14 @@ class LoopPool:
         params = connections[DEFAULT_DB_ALIAS].get_connection_params()
         params.pop("cursor_factory", None)  # Django's client-binding sync cursor; the async default binds on the server
         conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
-        lock_ms, statement_ms = session_limits()
-        await conn.execute(
-            "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-            [lock_ms, statement_ms],
-        )
+        try:
+            await conn.execute(
+                "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+                list(session_limits()),
+            )
+        except BaseException:
+            self._closed_later(conn)  # (the caller gives its slot back)
+            raise
         return conn
 
     def _release(self, held: _Connection, ok: bool) -> None:
@@ -141,7 +148,10 @@ class LoopPool:
 
     def _discard(self, held: _Connection) -> None:
         self._open -= 1
-        task = asyncio.get_running_loop().create_task(_close(held.conn))
+        self._closed_later(held.conn)
+
+    def _closed_later(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(_close(conn))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

@@ -137,6 +137,24 @@ async def test_a_statement_cancelled_midway_loses_its_connection(pools: Any) -> 
     assert await pool.fetch("SELECT 1", []) == [(1,)]
 
 
+async def test_a_cancellation_during_the_idle_check_gives_the_slot_back(
+    monkeypatch: pytest.MonkeyPatch, pools: Any
+) -> None:
+    """A call's set-up cancelled (its gateway gone) while its connection's `SELECT 1` is out must
+    not take the connection's slot with it: four such and every lifecycle statement would wait."""
+    monkeypatch.setattr(pgloop, "HEALTHY_SECONDS", 0.0)
+    pool = pools(size=1)
+    await pool.fetch("SELECT 1", [])
+    for _ in range(3):
+        task = asyncio.ensure_future(pool.fetch("SELECT 2", []))
+        await asyncio.sleep(0)  # the task is now waiting for the idle connection's `SELECT 1`
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool._open == 0 and not pool._idle
+    assert await asyncio.wait_for(pool.fetch("SELECT 3", []), 5) == [(3,)]
+
+
 async def test_a_connection_the_server_closed_while_idle_is_replaced(
     monkeypatch: pytest.MonkeyPatch, pools: Any
 ) -> None:
