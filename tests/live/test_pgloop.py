@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.db import ProgrammingError, connection
 
 from streams import pgwrite, services
 from streams.core.validation import validate_stream_params
 from streams.live import pgloop
 from streams.models import Account, Call, Stream, StreamEvent
+from tests.support import db
 
 pytestmark = [
     pytest.mark.skipif(connection.vendor != "postgresql", reason="the loop's connections are PostgreSQL's"),
@@ -81,23 +81,11 @@ async def lifecycle(account: Account, run: Any) -> Call:
     return call
 
 
-def on_a_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` on a database thread, its connection closed after (the test database is dropped at the end)."""
-
-    def run(*args: Any) -> Any:
-        try:
-            return fn(*args)
-        finally:
-            connection.close()
-
-    return sync_to_async(run, thread_sensitive=False)
-
-
 async def test_the_loop_writes_what_a_database_thread_writes(account: Account, pools: Any) -> None:
-    threaded = await lifecycle(account, on_a_thread(pgwrite.run))
+    threaded = await lifecycle(account, db(pgwrite.run))
     looped = await lifecycle(account, pgloop.run)
-    assert await on_a_thread(rows)(looped) == await on_a_thread(rows)(threaded)
-    events = await on_a_thread(lambda: list(StreamEvent.objects.filter(stream__call=looped).values_list("event")))()
+    assert await db(rows)(looped) == await db(rows)(threaded)
+    events = await db(lambda: list(StreamEvent.objects.filter(stream__call=looped).values_list("event")))()
     assert [e for (e,) in events] == ["StreamCreated", "Connected", "StartStream", "StopStream"]
 
 
@@ -161,7 +149,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(
     monkeypatch.setattr(pgloop, "HEALTHY_SECONDS", 0.0)  # every idle connection is checked first
     pool = pools(size=1)
     [(pid,)] = await pool.fetch("SELECT pg_backend_pid()", [])
-    await on_a_thread(terminate)(pid)
+    await db(terminate)(pid)
     [(again,)] = await pool.fetch("SELECT pg_backend_pid()", [])
     assert again != pid
 
