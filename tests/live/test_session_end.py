@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.db import connection
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 
 from streams import services
 from streams.core import application as plivo_app
@@ -22,6 +23,7 @@ from streams.core.validation import validate_stream_params
 from streams.live import pgloop
 from streams.live.session import CallSession
 from streams.models import Account, Call, CallEvent, Stream, StreamEvent
+from tests.support import db
 
 pytestmark = [
     pytest.mark.skipif(connection.vendor != "postgresql", reason="the loop's way is PostgreSQL's"),
@@ -51,18 +53,6 @@ class Relay:
         pass
 
 
-def on_a_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` on a database thread, its connection closed after (the test database is dropped at the end)."""
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            connection.close()
-
-    return sync_to_async(run, thread_sensitive=False)
-
-
 def open_started(account: Account) -> tuple[Call, Stream]:
     params = [validate_stream_params({"service_url": "wss://bot.example.com/ws"})]
     call, created = services.call_open_with_streams(account=account, call_uuid=uuid.uuid4(), streams=params)
@@ -74,15 +64,32 @@ def open_started(account: Account) -> tuple[Call, Stream]:
 
 @pytest.fixture
 async def session_for(account: Account) -> AsyncIterator[Callable[[], Any]]:
+    """Sessions to end; afterwards the loop's connections and every connection a database thread
+    opened meanwhile (the session's hand-over to services.call_end runs on the loop's executor,
+    whose threads keep theirs) are closed, so PostgreSQL can drop the test database."""
+    opened: list[BaseDatabaseWrapper] = []
+
+    def track(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+        opened.append(connection)
+
+    connection_created.connect(track)
+
     async def make() -> tuple[CallSession, Call, Stream]:
-        call, stream = await on_a_thread(open_started)(account)
+        call, stream = await db(open_started)(account)
         session = CallSession(account=account, link=Link(), gateway="test")  # type: ignore[arg-type]
         session.call = call
         session.relays[str(stream.stream_id)] = Relay(session, stream)  # type: ignore[assignment]
         return session, call, stream
 
-    yield make
-    await pgloop.pool().close()
+    try:
+        yield make
+    finally:
+        connection_created.disconnect(track)
+        await pgloop.pool().close()
+        for wrapper in opened:  # the driver's connection: Django's close() refuses other threads' wrappers
+            if wrapper.connection is not None:  # (the thread is idle: nothing of its runs now)
+                wrapper.connection.close()
+                wrapper.connection = None  # its next use connects anew
 
 
 def outcome(call_pk: int) -> tuple[str, list[tuple[str, str]], list[str]]:
@@ -100,16 +107,16 @@ async def test_a_plain_hang_up_is_written_on_the_loop(session_for: Any, monkeypa
 
     monkeypatch.setattr(services, "call_end", thread_way)
     await session.end()
-    assert await on_a_thread(outcome)(call.pk) == ("ended", [("Call hangup", "stopped")], ["StopStream"])
+    assert await db(outcome)(call.pk) == ("ended", [("Call hangup", "stopped")], ["StopStream"])
     assert pgloop.pool()._open >= 1
 
 
 async def test_a_stream_started_by_rest_meanwhile_is_ended_too(session_for: Any) -> None:
     session, call, _ = await session_for()
     params = validate_stream_params({"service_url": "wss://other.example.com/ws"})
-    await on_a_thread(services.stream_create)(call=call, params=params, notify_session=False)
+    await db(services.stream_create)(call=call, params=params, notify_session=False)
     await session.end()
-    status, streams, _ = await on_a_thread(outcome)(call.pk)
+    status, streams, _ = await db(outcome)(call.pk)
     assert status == "ended"
     assert streams == [("Call hangup", "stopped")] * 2  # no stream left on the ended call
 
@@ -122,10 +129,10 @@ async def test_a_cause_recorded_meanwhile_takes_the_locked_way_and_is_kept(sessi
     def record() -> None:
         services.call_record_hangup(call=Call.objects.get(pk=call.pk), cause=plivo_app.API_REQUEST, detail="REST")
 
-    await on_a_thread(record)()
+    await db(record)()
     await session.end()
-    assert await on_a_thread(outcome)(call.pk) == ("ended", [("Call hangup", "stopped")], ["StopStream"])
-    stored = await on_a_thread(lambda: Call.objects.get(pk=call.pk))()
+    assert await db(outcome)(call.pk) == ("ended", [("Call hangup", "stopped")], ["StopStream"])
+    stored = await db(lambda: Call.objects.get(pk=call.pk))()
     assert stored.hangup_cause_name == plivo_app.API_REQUEST.name
-    ends = await on_a_thread(lambda: CallEvent.objects.filter(call_id=call.pk, event="CallEnded").count())()
+    ends = await db(lambda: CallEvent.objects.filter(call_id=call.pk, event="CallEnded").count())()
     assert ends == 1  # the locked way's record of the end with its cause
