@@ -1,7 +1,7 @@
 """The call's playback queue and its pacing clock (decisions D10–D12). Pure: no I/O, time passed in.
 
-Clips from `playAudio` become 20 ms frames at the gateway's rate, appended in order
-(never overlapping). A checkpoint is a marker behind the audio queued before it; it
+Clips from `playAudio` are queued whole, in order (never overlapping), and handed out
+as 20 ms frames at the gateway's rate. A checkpoint is a marker behind the audio queued before it; it
 is due right after the last of that audio has been written to the gateway, or at once
 when nothing is queued. `clear(owner)` drops that stream's frames and markers without
 acknowledging them (D12). Several bidirectional streams on one call share the queue,
@@ -16,7 +16,7 @@ the schedule, and it resets when the queue runs empty (nothing is sent while idl
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FRAME_SECONDS = 0.020
 # Checkpoints of one stream waiting for their audio to play (or for the gateway to confirm a
@@ -32,11 +32,18 @@ class TooManyCheckpoints(Exception):
     pass
 
 
-@dataclass
-class Frame:
-    owner: str
-    pcm: bytes
-    checkpoints: list[str] = field(default_factory=list)  # due right after this frame is written
+class Clip:
+    """One `playAudio` clip, padded to whole frames; `pos` bytes of it have been taken. Its
+    checkpoints are due right after its last frame. The queue holds clips, not frames: a 60 s
+    clip is one object, not 3,000 for the garbage collector to scan while it waits to play."""
+
+    __slots__ = ("checkpoints", "owner", "pcm", "pos")
+
+    def __init__(self, owner: str, pcm: bytes) -> None:
+        self.owner = owner
+        self.pcm = pcm
+        self.pos = 0
+        self.checkpoints: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -52,15 +59,20 @@ class PlaybackQueue:
     def __init__(self, frame_size: int, max_seconds: float) -> None:
         self.frame_size = frame_size
         self.max_frames = int(max_seconds / FRAME_SECONDS)
-        self._frames: deque[Frame] = deque()
+        self._clips: deque[Clip] = deque()
+        self._frames = 0  # frames left in all clips
         self._checkpoints: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return self._frames
+
+    def _left(self, clip: Clip) -> int:
+        return (len(clip.pcm) - clip.pos) // self.frame_size
 
     def queued_seconds(self, owner: str | None = None) -> float:
-        frames = self._frames if owner is None else [f for f in self._frames if f.owner == owner]
-        return len(frames) * FRAME_SECONDS
+        if owner is None:
+            return self._frames * FRAME_SECONDS
+        return sum(self._left(c) for c in self._clips if c.owner == owner) * FRAME_SECONDS
 
     def checkpoints_of(self, owner: str) -> int:
         """How many of this owner's checkpoints wait behind queued audio."""
@@ -73,58 +85,59 @@ class PlaybackQueue:
         else:
             self._checkpoints.pop(owner, None)
 
-    def _last_of(self, owner: str) -> Frame | None:
-        for frame in reversed(self._frames):
-            if frame.owner == owner:
-                return frame
-        return None
-
     def append_audio(self, owner: str, pcm: bytes) -> int:
         """Queue a clip; the tail shorter than 20 ms is padded with silence. Returns frames added."""
         size = self.frame_size
         count = -(-len(pcm) // size)
-        if len(self._frames) + count > self.max_frames:
+        if self._frames + count > self.max_frames:
             raise QueueFull(
                 f"clip of {count * FRAME_SECONDS:.2f} s would exceed the playback queue bound of "
-                f"{self.max_frames * FRAME_SECONDS:.0f} s ({len(self._frames) * FRAME_SECONDS:.2f} s queued)"
+                f"{self.max_frames * FRAME_SECONDS:.0f} s ({self._frames * FRAME_SECONDS:.2f} s queued)"
             )
-        for i in range(0, len(pcm), size):
-            chunk = pcm[i : i + size]
-            if len(chunk) < size:
-                chunk += b"\x00" * (size - len(chunk))
-            self._frames.append(Frame(owner, chunk))
+        if count:
+            pad = count * size - len(pcm)
+            self._clips.append(Clip(owner, bytes(pcm) + b"\x00" * pad if pad else bytes(pcm)))
+            self._frames += count
         return count
 
     def append_checkpoint(self, owner: str, name: str) -> bool:
         """Place a marker behind this owner's queued audio. False: nothing queued, it is due now."""
-        last = self._last_of(owner)
-        if last is None:
-            return False
-        last.checkpoints.append(name)
-        self._count(owner, 1)
-        return True
+        for clip in reversed(self._clips):
+            if clip.owner == owner:
+                clip.checkpoints.append(name)
+                self._count(owner, 1)
+                return True
+        return False
 
     def clear(self, owner: str) -> tuple[int, list[str]]:
         """Drop the owner's frames and markers; returns (frames dropped, checkpoint names dropped)."""
-        kept: deque[Frame] = deque()
+        kept: deque[Clip] = deque()
         dropped, names = 0, []
-        for frame in self._frames:
-            if frame.owner == owner:
-                dropped += 1
-                names.extend(frame.checkpoints)
+        for clip in self._clips:
+            if clip.owner == owner:
+                dropped += self._left(clip)
+                names.extend(clip.checkpoints)
             else:
-                kept.append(frame)
-        self._frames = kept
+                kept.append(clip)
+        self._clips = kept
+        self._frames -= dropped
         self._checkpoints.pop(owner, None)
         return dropped, names
 
     def next_frame(self) -> Played | None:
-        if not self._frames:
+        if not self._clips:
             return None
-        frame = self._frames.popleft()
-        if frame.checkpoints:
-            self._count(frame.owner, -len(frame.checkpoints))
-        return Played(frame.owner, frame.pcm, tuple(frame.checkpoints))
+        clip = self._clips[0]
+        start = clip.pos
+        end = start + self.frame_size
+        self._frames -= 1
+        if end < len(clip.pcm):
+            clip.pos = end
+            return Played(clip.owner, clip.pcm[start:end], ())
+        self._clips.popleft()
+        if clip.checkpoints:
+            self._count(clip.owner, -len(clip.checkpoints))
+        return Played(clip.owner, clip.pcm[start:end], tuple(clip.checkpoints))
 
 
 class Pacer:

@@ -222,3 +222,68 @@ def test_pacer_skips_the_late_schedule_after_a_stall_and_stays_anchored() -> Non
     assert pacer.due_in(1.0) == 0
     pacer.idle()
     assert pacer.due_in(5.0) == 0 and pacer.next_at == 5.0
+
+
+class FrameModel:
+    """The queue as a list of 20 ms frames (how it was kept before clips): the clip-based queue
+    must hand out the same frames, checkpoints and counts."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.frames: list[list] = []  # [owner, pcm, checkpoints]
+
+    def append_audio(self, owner: str, pcm: bytes) -> int:
+        chunks = [pcm[i : i + self.size].ljust(self.size, b"\x00") for i in range(0, len(pcm), self.size)]
+        self.frames += [[owner, c, []] for c in chunks]
+        return len(chunks)
+
+    def append_checkpoint(self, owner: str, name: str) -> bool:
+        mine = [f for f in self.frames if f[0] == owner]
+        if mine:
+            mine[-1][2].append(name)
+        return bool(mine)
+
+    def clear(self, owner: str) -> tuple[int, list[str]]:
+        mine = [f for f in self.frames if f[0] == owner]
+        self.frames = [f for f in self.frames if f[0] != owner]
+        return len(mine), [n for f in mine for n in f[2]]
+
+    def next_frame(self) -> tuple[str, bytes, tuple[str, ...]] | None:
+        if not self.frames:
+            return None
+        owner, pcm, names = self.frames.pop(0)
+        return owner, pcm, tuple(names)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["audio", "mark", "clear", "play", "play"]),
+            st.integers(0, 1000),
+        ),
+        max_size=80,
+    )
+)
+def test_the_clip_queue_plays_exactly_what_a_queue_of_frames_would(ops: list[tuple[str, str, int]]) -> None:
+    q, model = PlaybackQueue(160, 60), FrameModel(160)
+    for step, (owner, op, n) in enumerate(ops):
+        if op == "audio":
+            pcm = bytes((step + i) % 251 for i in range(n))
+            assert q.append_audio(owner, pcm) == model.append_audio(owner, pcm)
+        elif op == "mark":
+            assert q.append_checkpoint(owner, f"m{step}") == model.append_checkpoint(owner, f"m{step}")
+        elif op == "clear":
+            assert q.clear(owner) == model.clear(owner)
+        else:
+            played, expected = q.next_frame(), model.next_frame()
+            assert (played and (played.owner, played.pcm, played.checkpoints)) == expected
+        assert len(q) == len(model.frames)
+        for who in "abc":
+            mine = [f for f in model.frames if f[0] == who]
+            assert q.queued_seconds(who) == pytest.approx(len(mine) * 0.02)
+            assert q.checkpoints_of(who) == sum(len(f[2]) for f in mine)
+    while (expected := model.next_frame()) is not None:
+        played = q.next_frame()
+        assert played is not None and (played.owner, played.pcm, played.checkpoints) == expected
+    assert q.next_frame() is None and len(q) == 0
