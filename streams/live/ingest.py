@@ -272,6 +272,10 @@ class IngestConsumer(AsyncWebsocketConsumer):
                 await session.end()
         except Exception:
             log.exception("%s ingest: teardown failed", self.gateway)
+        finally:
+            # The session holds this consumer as its link: let go of it, so the two are freed as
+            # the call ends and not left as a cycle for the garbage collector (tests/live/test_no_cycles.py).
+            self.session = None
 
     # --- control from the service layer (through the process's mailbox) ---------------
 

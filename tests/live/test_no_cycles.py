@@ -1,0 +1,94 @@
+"""An ended call leaves nothing for the garbage collector.
+
+What a call's objects hold of each other must come apart by reference counting once the call
+is over: whatever forms a cycle instead waits, with everything it holds, for a collection of
+an older generation, and such a collection scans every live call's objects while the event loop
+stands still (~100 ms at 370 bidirectional calls, bench/RESULTS.md: every playback frame due
+meanwhile is late). The hub is served in this process by uvicorn with its own WebSocket protocol,
+as `streamhub serve` runs it, so the collector can be asked what it found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import uvicorn
+from channels.routing import ProtocolTypeRouter, URLRouter
+
+from streams.live.admission import admission
+from streams.live.ingest import IngestConsumer
+from streams.live.relay import StreamRelay
+from streams.live.routing import websocket_urlpatterns
+from streams.live.session import CallSession
+from streams.live.wsserver import IngestWebSocketProtocol
+from streams.models import Account, Call
+from tests.support import Customer, Gateway, basic_auth, db, eventually, ramp
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+WATCHED = (IngestWebSocketProtocol, IngestConsumer, CallSession, StreamRelay)
+
+
+@contextlib.asynccontextmanager
+async def hub_in_process() -> AsyncIterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = ProtocolTypeRouter({"websocket": URLRouter(websocket_urlpatterns)})
+    config = uvicorn.Config(app, ws=IngestWebSocketProtocol, lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: server.started)
+        yield f"ws://127.0.0.1:{port}/ingest/audio-fork"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@contextlib.contextmanager
+def capacity(limit: int) -> Iterator[None]:
+    before = admission.limit
+    admission.limit = limit
+    try:
+        yield
+    finally:
+        admission.limit = before
+
+
+def left_for_the_collector() -> list[str]:
+    """Collects, keeping what it found: the names of the watched kinds only a collection freed."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return sorted(type(obj).__name__ for obj in gc.garbage if isinstance(obj, WATCHED))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+async def test_ended_and_refused_calls_are_freed_by_reference_counting(account: Account) -> None:
+    auth = basic_auth(account.auth_id, account.auth_token)
+    with capacity(2):  # a one-way call fits; a bidirectional one (2.7) is refused at its metadata
+        async with hub_in_process() as url, Customer() as customer:
+            gc.collect()
+            for n in range(3):
+                gw = await Gateway(url, auth).open({"from": f"+1{n}", "streams": [{"serviceUrl": customer.url}]})
+                await gw.send_frames(ramp(160 * 10))
+                await eventually(db(lambda n=n: Call.objects.filter(from_number=f"+1{n}", status="live").exists()))
+                await eventually(lambda n=n: len(customer.events("media")) >= 10 * (n + 1))
+                await gw.close()
+                await eventually(db(lambda n=n: Call.objects.filter(from_number=f"+1{n}", status="ended").exists()))
+
+                heavy = await Gateway(url, auth).open(
+                    {"from": f"+2{n}", "streams": [{"serviceUrl": customer.url, "bidirectional": True}]}
+                )
+                assert await heavy.closed_by_hub() == 4503
+            await eventually(lambda: admission.used == 0)  # every consumer has torn down
+            await asyncio.sleep(0.2)
+            assert left_for_the_collector() == []
