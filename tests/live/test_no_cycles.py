@@ -5,8 +5,7 @@ is over: whatever forms a cycle instead waits, with everything it holds, for a c
 an older generation, and such a collection scans every live call's objects while the event loop
 stands still (~100 ms at 370 bidirectional calls, bench/RESULTS.md: every playback frame due
 meanwhile is late). The hub is served in this process by uvicorn with its own WebSocket protocol,
-as the README runs it in production,
-so the collector can be asked what it found.
+as the README runs it in production, so the collector can be asked what it found.
 """
 
 from __future__ import annotations
