@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 AMOUNT_PLACES = Decimal("0.00001")
@@ -27,6 +27,18 @@ def whole_seconds(start: datetime | None, end: datetime | None) -> int:
     if start is None or end is None or end <= start:
         return 0
     return math.ceil((end - start).total_seconds() - 1e-9)
+
+
+def stepless_end(*, start: datetime, elapsed: float, now: datetime) -> datetime:
+    """When a stream that started at `start` (wall clock) ends, `elapsed` seconds later by the
+    monotonic clock, with the wall clock reading `now`.
+
+    The wall clock can jump (NTP stepping it, a virtual machine resumed, an operator's `date -s`);
+    the monotonic clock does not. A jump forward during the stream would bill seconds that never
+    passed, so the end is never later than the monotonic clock allows; a jump back is kept (the
+    end is never after `now`, so it never outlives the call or the write that records it).
+    """
+    return min(now, start + timedelta(seconds=max(0.0, elapsed)))
 
 
 def bill(*, start: datetime | None, end: datetime, rate_per_minute: Decimal, interval: int = 60) -> Bill:

@@ -49,7 +49,7 @@ from picows import (
 )
 
 from streams import services
-from streams.core import framing, plivo
+from streams.core import billing, framing, plivo
 from streams.core.audio import Decoder, Encoder, Format
 from streams.core.buffer import Degraded, Overflow, SendBuffer
 from streams.core.noise import ENGINE, NoiseSuppressor
@@ -344,6 +344,7 @@ class StreamRelay:
         self.end_error = ""
         self.connected = False
         self.started_at: datetime | None = None  # when `start` went out (wall clock)
+        self._started_at_mono = 0.0  # and by the monotonic clock (the end's, see stepless_end)
         self._running = False
         self.frames_sent = 0
         self.bytes_sent = 0  # of the messages' text; with frames_sent, exported by live.metrics
@@ -516,7 +517,7 @@ class StreamRelay:
         link.send(TEXT, self._start_message(None))
         self.connected = True
         self.started_at = timezone.now()
-        self._linked_at = time.monotonic()
+        self._linked_at = self._started_at_mono = time.monotonic()
         self._start_task = self._spawn(self._record_started())  # the audio does not wait for the database
         self._ping = asyncio.get_running_loop().call_later(self._ping_interval(), self._keepalive)
         self.pump()  # what was queued while connecting
@@ -780,7 +781,7 @@ class StreamRelay:
             self._timeout.cancel()
         if self._start_task is not None and not self._start_in_flight:
             self._start_task.cancel()  # between tries; a try in flight finishes first (the lock)
-        ended_at = timezone.now()  # the end is the stream's, not the (possibly much later) write's
+        ended_at = self._end_time()  # the end is the stream's, not the (possibly much later) write's
         reason = self.end_reason or Stream.Reason.CONNECTION_ERROR
         self.end_reason = reason
         if self._ping is not None:
@@ -814,6 +815,14 @@ class StreamRelay:
             if self.session.take_stream_end(end):  # the call is ending: one transaction for it and its streams
                 return
             await db_persist(services.stream_end, what=f"end of stream {self.stream_id}", notify_session=False, **end)
+
+    def _end_time(self) -> datetime:
+        """Now, but a stream that started bills only the time the monotonic clock saw pass:
+        a wall-clock step forward mid-stream (NTP, a resumed VM) adds no seconds to it."""
+        now = timezone.now()
+        if self.started_at is None:
+            return now
+        return billing.stepless_end(start=self.started_at, elapsed=time.monotonic() - self._started_at_mono, now=now)
 
     async def _close_socket(self, link: CustomerLink, reason: str) -> None:
         transport = link.transport

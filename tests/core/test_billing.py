@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from streams.core.billing import bill, whole_seconds
+from streams.core.billing import bill, stepless_end, whole_seconds
 
 T0 = datetime(2025, 11, 25, 10, 0, 0, tzinfo=UTC)
 RATE = Decimal("0.003")
@@ -65,3 +65,22 @@ def test_whole_seconds_round_up_and_ignore_reversed_times() -> None:
     assert whole_seconds(T0, T0 + timedelta(milliseconds=1001)) == 2
     assert whole_seconds(T0 + timedelta(seconds=5), T0) == 0
     assert whole_seconds(None, T0) == 0
+
+
+T1 = T0 + timedelta(seconds=10)  # a stream that started at T0 and ran 10 s by the monotonic clock
+
+
+@pytest.mark.parametrize(
+    ("wall_now", "end"),
+    [
+        (T1, T1),  # no step: the two clocks agree
+        (T1 + timedelta(hours=1), T1),  # stepped forward: the hour that never passed is not billed
+        (T1 - timedelta(seconds=4), T1 - timedelta(seconds=4)),  # stepped back: never after now
+    ],
+)
+def test_an_end_follows_the_monotonic_clock_but_never_passes_now(wall_now: datetime, end: datetime) -> None:
+    assert stepless_end(start=T0, elapsed=10.0, now=wall_now) == end
+
+
+def test_an_end_is_never_before_its_start() -> None:
+    assert stepless_end(start=T0, elapsed=-0.5, now=T1) == T0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from django.db import OperationalError
+from django.utils import timezone
 
 from callbacks.models import CallbackDelivery
 from streams import services
@@ -133,6 +135,34 @@ async def test_a_stream_whose_start_went_out_has_its_start_stream_even_when_the_
     assert names.index("StartStream") < names.index("DroppedStream"), names
     outbox = await db(lambda: list(CallbackDelivery.objects.filter(stream=row).values_list("event", flat=True)))()
     assert outbox == ["StartStream", "DroppedStream"]
+
+
+async def test_a_wall_clock_step_mid_stream_bills_only_the_time_that_passed(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wall clock jumps an hour forward once `start` is out (NTP stepping it, a VM resumed):
+    the stream still ends on its 2 s timeout and its record says about 2 s, not an hour."""
+
+    def with_timeout(url: str) -> Stream:
+        call = services.call_open(account=account, call_uuid=uuid.uuid4())
+        params = validate_stream_params({"service_url": url, "stream_timeout": "2"})
+        stream = services.stream_create(call=call, params=params, notify_session=False)
+        return Stream.objects.select_related("account", "call").get(pk=stream.pk)
+
+    async with Customer() as customer:
+        stream = await db(with_timeout)(customer.url)
+        relay = StreamRelay(session=FakeHost(), stream=stream, gateway_rate=8000)
+        relay.start()
+        await eventually(lambda: customer.events("start"))
+        real_now = timezone.now
+        monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(hours=1))
+        await asyncio.wait_for(relay.wait(), 30)
+    row = await db(lambda: Stream.objects.get(pk=stream.pk))()
+    assert (row.status, row.hangup_reason) == ("stopped", "Stream timeout")
+    assert row.start_time is not None and row.end_time is not None
+    assert 1.5 <= (row.end_time - row.start_time).total_seconds() < 3  # the timeout counts from the dial
+    assert row.bill_duration in (2, 3) and row.rounded_bill_duration == 60
+    assert row.duration <= 3
 
 
 async def test_a_relay_cancelled_without_a_stop_says_so(account: Account) -> None:
