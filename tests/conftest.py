@@ -238,6 +238,22 @@ def celery_worker_proc(worker_factory: Callable[..., Proc]) -> Proc:
     return worker_factory()
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """pytest-django's, plus: before the test database is dropped, PostgreSQL lets go of the
+    connections this process's database threads still hold (the relays' and sync_to_async's
+    executors keep theirs open), or the drop fails with "being accessed by other users" and
+    leaves the database behind."""
+    yield
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _clean_broker() -> None:
     """Leftover messages from an earlier run must not reach this run's worker."""
