@@ -13,43 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-import uvicorn
-from channels.routing import ProtocolTypeRouter, URLRouter
 
 from streams.live.admission import admission
 from streams.live.ingest import IngestConsumer
 from streams.live.relay import StreamRelay
-from streams.live.routing import websocket_urlpatterns
 from streams.live.session import CallSession
 from streams.live.wsserver import IngestWebSocketProtocol
 from streams.models import Account, Call
 from tests.live.asterisk.fake_asterisk import FakeAsterisk
+from tests.live.inprocess import hub_in_process
 from tests.support import Customer, Gateway, basic_auth, db, eventually, ramp
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 WATCHED = (IngestWebSocketProtocol, IngestConsumer, CallSession, StreamRelay)
-
-
-@contextlib.asynccontextmanager
-async def hub_in_process() -> AsyncIterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = ProtocolTypeRouter({"websocket": URLRouter(websocket_urlpatterns)})
-    config = uvicorn.Config(app, ws=IngestWebSocketProtocol, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    try:
-        await eventually(lambda: server.started)
-        yield f"ws://127.0.0.1:{port}/ingest"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 @contextlib.contextmanager

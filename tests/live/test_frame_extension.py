@@ -1,0 +1,91 @@
+"""Under the hub's own WebSocket protocol (uvicorn, as the README runs it) a call's audio takes
+the frame extension both ways, for both gateway framings: each caller frame goes from the
+server's read straight to the session, each playback frame straight to the socket, with no ASGI
+message and no await per frame (streams/live/wsserver.py). daphne has no extension: there every
+frame takes the ASGI path, and the acceptance suites run both servers.
+
+The consumer's ASGI paths are wrapped to count the audio that took them; once the call is set
+up, none may.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from streams.live.asterisk import AsteriskConsumer
+from streams.live.audiofork import AudioForkConsumer
+from streams.live.ingest import IngestConsumer
+from streams.models import Account
+from tests.live.asterisk.fake_asterisk import FakeAsterisk
+from tests.live.asterisk.support import on_start, payloads, play, spoken
+from tests.live.inprocess import hub_in_process
+from tests.support import Customer, Gateway, basic_auth, eventually, ramp
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+CLIP = ramp(8000)  # 1 s the customer plays
+SPEECH = ramp(160 * 50, start=3)  # 1 s the caller says (no all-zero frame: see `spoken`)
+
+
+def count_asgi_audio(monkeypatch: pytest.MonkeyPatch, consumer: type[IngestConsumer]) -> dict[str, int]:
+    """Counts the BINARY messages `consumer` gets through websocket_receive and sends through
+    the ASGI send (the paths the extension bypasses)."""
+    seen = {"received": 0, "sent": 0}
+    receive: Callable[..., Any] = consumer.websocket_receive
+    send: Callable[..., Any] = consumer.send
+
+    async def counting_receive(self: IngestConsumer, message: dict[str, Any]) -> None:
+        seen["received"] += message.get("bytes") is not None
+        await receive(self, message)
+
+    async def counting_send(self: IngestConsumer, text_data: Any = None, bytes_data: Any = None, **kw: Any) -> None:
+        seen["sent"] += bytes_data is not None
+        await send(self, text_data=text_data, bytes_data=bytes_data, **kw)
+
+    monkeypatch.setattr(consumer, "websocket_receive", counting_receive)
+    monkeypatch.setattr(consumer, "send", counting_send)
+    return seen
+
+
+async def test_asterisk_audio_takes_the_frame_extension_both_ways(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = count_asgi_audio(monkeypatch, AsteriskConsumer)
+    auth = basic_auth(account.auth_id, account.auth_token)
+    async with hub_in_process() as base, Customer(reply=on_start(play(CLIP))) as customer:
+        params = {"serviceUrl": customer.url, "bidirectional": "true"}
+        fake = await FakeAsterisk(f"{base}/asterisk", auth, params=params, codec="slin").dial()
+        await eventually(lambda: customer.events("start"))
+        await asyncio.sleep(0.1)  # set-up done: the handler is in place and nothing waits in the queue
+        before = dict(seen)
+        await fake.talk(SPEECH)
+        await eventually(lambda: spoken(payloads(customer)) == SPEECH)
+        await eventually(lambda: fake.heard == CLIP)
+        during = {key: seen[key] - before[key] for key in seen}
+        await fake.hang_up()
+    assert during == {"received": 0, "sent": 0}
+
+
+async def test_audio_fork_audio_takes_the_frame_extension_both_ways(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = count_asgi_audio(monkeypatch, AudioForkConsumer)
+    auth = basic_auth(account.auth_id, account.auth_token)
+    async with hub_in_process() as base, Customer(reply=on_start(play(CLIP))) as customer:
+        gateway = await Gateway(f"{base}/audio-fork", auth).open(
+            {"streams": [{"serviceUrl": customer.url, "bidirectional": True}]}
+        )
+        await gateway.send_frames(SPEECH[:320])  # mod_audio_fork sends audio from the start
+        await eventually(lambda: customer.events("start"))
+        await asyncio.sleep(0.1)
+        before = dict(seen)
+        await gateway.send_frames(SPEECH[320:])
+        await eventually(lambda: spoken(payloads(customer)) == SPEECH)
+        await eventually(lambda: gateway.audio == CLIP)
+        during = {key: seen[key] - before[key] for key in seen}
+        await gateway.close()
+    assert during == {"received": 0, "sent": 0}
