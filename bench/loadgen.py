@@ -1,4 +1,4 @@
-"""Load generator on raw asyncio Protocols: N mod_audio_fork gateways and N Plivo customers.
+"""Load generator on raw asyncio Protocols: N mod_audio_fork (or Asterisk) gateways and N Plivo customers.
 
 Each gateway sends
 20 ms L16 8 kHz frames on an absolute clock, the first bytes of every frame carrying (send
@@ -33,6 +33,12 @@ rewrites the payload, so a frame is known by its `chunk` number and its send tim
 the gateway's record. The suppressor's flushed tail (one frame after the last) is counted apart
 (`tail_frames`), not as a received frame.
 --customer-tls CERT,KEY makes the customers serve wss://localhost (TLS customers).
+--gateway asterisk: the gateways speak Asterisk chan_websocket instead (subprotocol `media`, the
+stream's attributes as v() pairs on the URI, MEDIA_START in the JSON control format, then slin
+frames; the call id is the channel's), against the hub's /ingest/asterisk. The silence the hub
+sends for a gap in a gateway's audio (Asterisk sends nothing while the caller is silent) is counted
+apart (`silence_frames`): each call's customer hears ~1 s of it while the call connects ahead of
+its audio clock.
 --burst N: N more calls arrive within one second, 1 s into the steady window, on top of the
 --calls live ones; latency and steady_frames then count the live calls only, and the output
 adds burst_started (burst calls whose customer got audio), burst_setup_p50/p99_ms and live_lost.
@@ -73,11 +79,12 @@ import statistics
 import struct
 import sys
 import time
+import uuid
 import wave
 from array import array
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 try:
     # C; unmasking a 600-byte media message: 0.11 µs vs 1.0 µs for the big-int XOR (timeit,
@@ -196,6 +203,8 @@ class Stats:
         # "4503"; the customers that got `start`; the admitted calls' latencies (µs) for frames sent
         # from the first refusal until the steady window
         self.expect_refusals = False
+        self.asterisk = False  # --gateway asterisk
+        self.silence_frames = 0  # media the hub made of silence (Asterisk: the gateway sent nothing for 60 ms)
         self.refused: dict[int, tuple[str, str]] = {}
         self.started = [False] * calls
         self.refusing_from_us = 1 << 62
@@ -428,6 +437,9 @@ class Customer(WsConn):
             except (binascii.Error, struct.error):
                 stats.invalid += 1
                 return
+            if sent_us == 0 and stats.asterisk:  # the hub's silence, filling a gap in the gateway's audio
+                stats.silence_frames += 1
+                return
             if idx != self.index:  # another call's audio on this stream
                 stats.invalid += 1
                 return
@@ -654,7 +666,8 @@ class Gateway(WsConn):
             return "wrong Sec-WebSocket-Accept"
         if "sec-websocket-extensions" in headers:
             return f"extension not offered: {headers['sec-websocket-extensions']}"
-        if headers.get("sec-websocket-protocol", "audio.drachtio.org") != "audio.drachtio.org":
+        offered = "media" if self.stats.asterisk else "audio.drachtio.org"
+        if headers.get("sec-websocket-protocol", offered) != offered:
             return f"subprotocol not offered: {headers['sec-websocket-protocol']}"
         return ""
 
@@ -786,24 +799,41 @@ async def gateway(
 ) -> None:
     loop = asyncio.get_running_loop()
     key = base64.b64encode(os.urandom(16)).decode()
+    # FreeSWITCH's default subprotocol: say that this gateway plays audio back (the jambonz build in two-way mode)
+    entry: dict[str, Any] = {"serviceUrl": f"{customer_url}/{index}", "bidirectional": bidi}
+    if stats.noise:
+        entry.update({"noiseCancellation": "true", "noiseCancellationLevel": 85})
+    resource, subprotocol = target.resource, "audio.drachtio.org"
+    if stats.asterisk:  # chan_websocket: the stream's attributes as v() pairs on the URI, subprotocol `media`
+        pairs = {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in entry.items()}
+        resource += ("&" if "?" in resource else "?") + urlencode(pairs, quote_via=quote)
+        subprotocol = "media"
     lines = [
-        f"GET {target.resource} HTTP/1.1",
+        f"GET {resource} HTTP/1.1",
         f"Host: {target.host_header}",
         "Upgrade: websocket",
         "Connection: Upgrade",
         f"Sec-WebSocket-Key: {key}",
         "Sec-WebSocket-Version: 13",
-        "Sec-WebSocket-Protocol: audio.drachtio.org",
+        f"Sec-WebSocket-Protocol: {subprotocol}",
     ]
     if auth:
         lines.append(f"Authorization: Basic {base64.b64encode(auth.encode()).decode()}")
     proto = Gateway(index, stats, bidi, ("\r\n".join(lines) + "\r\n\r\n").encode(), key)
     proto.start = start
-    # FreeSWITCH's default subprotocol: say that this gateway plays audio back (the jambonz build in two-way mode)
-    entry: dict[str, Any] = {"serviceUrl": f"{customer_url}/{index}", "bidirectional": bidi}
-    if stats.noise:
-        entry.update({"noiseCancellation": "true", "noiseCancellationLevel": 85})
-    meta = {"callId": None, "playback": True, "streams": [entry]}
+    if stats.asterisk:  # Asterisk's first message (JSON control format); the call id is its channel's
+        first: dict[str, Any] = {
+            "event": "MEDIA_START",
+            "connection_id": str(uuid.uuid4()),
+            "channel": f"WebSocket/loadgen-{index:08x}",
+            "channel_id": f"{os.getpid()}.{index}",
+            "format": "slin",
+            "optimal_frame_size": FRAME,
+            "ptime": 20,
+            "channel_variables": {},
+        }
+    else:
+        first = {"callId": None, "playback": True, "streams": [entry]}
 
     async def open_() -> None:
         await loop.create_connection(
@@ -828,7 +858,7 @@ async def gateway(
             assert proto.refusal is not None
             stats.refused[index] = proto.refusal
             return
-        proto.send(OP_TEXT, json.dumps(meta).encode())
+        proto.send(OP_TEXT, json.dumps(first).encode())
         if proto.failure is not None:  # e.g. the hub closed the call in the same read as its 101
             raise proto.failure
         if proto.refusal is None:  # (a 4503 may come in the same read as the 101)
@@ -887,6 +917,12 @@ async def main() -> None:
     parser.add_argument("--drift", action="store_true", help="with --bidi: one clip as long as the call")
     parser.add_argument("--ramp-seconds", type=float, default=2.0)
     parser.add_argument("--noise-cancellation", action="store_true", help="every stream asks for noiseCancellation")
+    parser.add_argument(
+        "--gateway",
+        choices=("audio-fork", "asterisk"),
+        default="audio-fork",
+        help="the gateways' framing: mod_audio_fork (metadata first) or Asterisk chan_websocket (MEDIA_START first)",
+    )
     parser.add_argument("--customer-tls", default="", help="CERT,KEY: the customers serve wss://localhost")
     parser.add_argument(
         "--burst", type=int, default=0, help="N more calls arriving within 1 s, 1 s into the steady window"
@@ -900,6 +936,7 @@ async def main() -> None:
     stats = Stats(args.calls + args.burst)
     stats.base_calls = args.calls
     stats.expect_refusals = args.expect_refusals
+    stats.asterisk = args.gateway == "asterisk"
     if args.noise_cancellation:
         stats.noise, stats.speech = True, noisy_speech_frames()
     if args.drift:
@@ -976,6 +1013,7 @@ async def main() -> None:
         "steady_play_frames": stats.steady_play_frames,
         "invalid": stats.invalid,
         "tail_frames": stats.tail_frames,
+        "silence_frames": stats.silence_frames,
         "gateway_write_pauses": stats.write_pauses,
         "loadgen_cpu_s": round(cpu, 2),
         "loadgen_cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else 0.0,

@@ -4,6 +4,7 @@
                                   [--seconds 10] [--bidi [--drift]] [--processes 2] [--tls]
                                   [--relays reference,picows | --no-reference] [--allow-noise]
                                   [--noise-cancellation] [--capacity N --overload K]
+                                  [--gateway audio-fork|asterisk]
 
 The hub runs with production settings (PostgreSQL + Redis from DATABASE_URL/REDIS_URL,
 defaulting to the local servers, a Celery worker running) pinned to CPU 0 with taskset;
@@ -49,6 +50,9 @@ floor(N / 2.7) bidirectional ones, at most the offered calls) and no more than i
 offered/admitted/refused (by code and reason) after its row; setup ms and KB/call are per offered
 call. The plain relays have no admission: --overload refuses to run them (give --no-reference,
 and hubs only in --server); --ab and --burst are not combined with it.
+--gateway asterisk: the gateways speak Asterisk chan_websocket (/ingest/asterisk, the stream's
+attributes as v() pairs on the URI, subprotocol `media`, MEDIA_START then slin frames) instead of
+mod_audio_fork; the plain relays speak mod_audio_fork only, so give --no-reference.
 --tls: the customers are wss:// (a throwaway CA made with openssl, given to the hub as
 STREAMHUB_CUSTOMER_CA_BUNDLE and to the relays the same way).
 The machine is shared: every step records the load average and the CPU used by processes
@@ -292,6 +296,7 @@ def measure(
         + (["--drift"] if drift else [])
         + (["--customer-tls", CUSTOMER_TLS] if CUSTOMER_TLS else [])
         + (["--burst", str(BURST)] if BURST else [])
+        + (["--gateway", GATEWAY] if GATEWAY != "audio-fork" else [])
         + list(extra),
     )
     marks: dict[str, tuple[float, float]] = {}
@@ -553,6 +558,7 @@ def ramp(
 BENCH_PIDS: list[int] = []  # the Celery worker's processes (for the noise check)
 CUSTOMER_TLS = ""  # "cert,key" with --tls: the load generator's customers serve wss://
 BURST = 0  # --burst N
+GATEWAY = "audio-fork"  # --gateway: the framing the load generator's gateways speak
 OVERLOAD = 0.0  # --overload K: each step offers K × its calls
 CAPACITY = 0  # --capacity N: the hub's STREAMHUB_MAX_CALLS with --overload
 PROCESSES = 1  # --processes: each hub process admits up to CAPACITY
@@ -612,7 +618,7 @@ def ab_run(
     try:
         for port in ports:
             wait_port(port)
-        urls = [f"ws://127.0.0.1:{port}/ingest/audio-fork" for port in ports]
+        urls = [f"ws://127.0.0.1:{port}/ingest/{GATEWAY}" for port in ports]
         for calls in steps:
             groups = [tree(p.pid) for p in procs]
             result = measure(
@@ -648,7 +654,7 @@ def ab_run(
 
 
 def main() -> None:
-    global CUSTOMER_TLS, BURST, OVERLOAD, CAPACITY, PROCESSES
+    global CUSTOMER_TLS, BURST, GATEWAY, OVERLOAD, CAPACITY, PROCESSES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default="both", help="daphne, uvicorn, both, or NAME[@DIR],… (see above)")
     parser.add_argument("--calls", default="100,200,300,400,500,600,700,800")
@@ -691,13 +697,24 @@ def main() -> None:
         default=0,
         help="with --overload: the hub's STREAMHUB_MAX_CALLS (per process; weight units with --bidi)",
     )
+    parser.add_argument(
+        "--gateway",
+        choices=("audio-fork", "asterisk"),
+        default="audio-fork",
+        help="the gateways' framing: mod_audio_fork, or Asterisk chan_websocket (hubs only: give --no-reference)",
+    )
     args = parser.parse_args()
     steps = [int(n) for n in args.calls.split(",")]
-    BURST = args.burst
+    BURST, GATEWAY = args.burst, args.gateway
     servers = ["daphne", "uvicorn"] if args.server == "both" else args.server.split(",")
     # the plain relays have no suppressor: with --noise-cancellation, compare with a run of the hub without it
     no_relays = args.no_reference or args.bidi or args.noise_cancellation
     relays = [] if no_relays else [r for r in args.relays.split(",") if r]
+    named = [*servers, *args.ab.split(",")]
+    if GATEWAY != "audio-fork" and (relays or any(name.partition("@")[0] in RELAYS for name in named)):
+        parser.error(
+            "--gateway asterisk: the plain relays (reference, picows) speak mod_audio_fork only; give --no-reference"
+        )
     if args.capacity and not args.overload:
         parser.error("--capacity is the hub's capacity for --overload K: give both")
     if args.overload:
@@ -727,6 +744,7 @@ def main() -> None:
         f"{args.seconds:.0f} s per step · servers on CPU {SERVER_CPU}, load on CPU {LOAD_CPU} · bidi={args.bidi}"
         + (" · wss:// customers" if args.tls else "")
         + (" · noise cancellation on every stream" if args.noise_cancellation else "")
+        + (f" · {GATEWAY} gateways" if GATEWAY != "audio-fork" else "")
         + (f" · {args.processes} hub processes" if args.processes > 1 else "")
         + (
             f" · overload: {OVERLOAD:g}× each step's calls offered to STREAMHUB_MAX_CALLS={CAPACITY}"
@@ -780,7 +798,7 @@ def main() -> None:
                     wait_port(port)
                 capacities[server], tables[server] = ramp(
                     server,
-                    [f"ws://127.0.0.1:{port}/ingest/audio-fork" for port in ports],
+                    [f"ws://127.0.0.1:{port}/ingest/{GATEWAY}" for port in ports],
                     lambda procs=procs: [pid for p in procs for pid in tree(p.pid)],
                     steps,
                     args.seconds,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from streams.models import Account, Stream, StreamEvent
+from streams.models import Account, Call, Stream, StreamEvent
 from tests.conftest import ROOT, Proc, free_port
 from tests.support import db, eventually
 
@@ -76,6 +76,26 @@ async def test_against_a_hub_with_playback_and_wrong_credentials(hub: Proc, acco
         run_loadgen, "--url", url, "--auth", f"{account.auth_id}:wrong", "--calls", "2", "--seconds", "1"
     )
     assert refused["error_count"] == 2 and "403" in refused["errors"][0]
+
+
+async def test_asterisk_gateways_relay_every_frame_and_hear_every_played_frame_through_a_hub(
+    hub: Proc, account: Account
+) -> None:
+    """--gateway asterisk: chan_websocket's framing against /ingest/asterisk; the silence the hub
+    sends while a call connects ahead of its audio is counted apart, not as lost or invalid."""
+    url = f"{hub.ws}/ingest/asterisk"
+    auth = f"{account.auth_id}:{account.auth_token}"
+    result, _ = await asyncio.to_thread(
+        run_loadgen, "--url", url, "--auth", auth, "--calls", "3", "--seconds", "5", "--bidi", "--drift",
+        "--gateway", "asterisk",
+    )  # fmt: skip
+    assert result["connected"] == 3 and result["error_count"] == 0
+    assert result["sent"] == 3 * 5 * 50 and result["received"] == result["sent"] and result["lost"] == 0
+    assert result["duplicates"] == 0 and result["out_of_order"] == 0 and result["invalid"] == 0
+    assert result["silence_frames"] > 0  # the second each call connects ahead of its audio clock
+    assert result["play_lost"] == 0 and result["play_frames"] > 3 * 100
+    calls = await db(lambda: list(Call.objects.filter(account=account).values_list("gateway", flat=True)))()
+    assert calls == ["asterisk"] * 3
 
 
 async def test_noise_cancellation_mode_counts_frames_by_chunk_through_a_hub(hub: Proc, account: Account) -> None:
