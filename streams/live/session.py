@@ -463,7 +463,12 @@ class CallSession:
         frame = self._silence if self.channels == 1 else self._silence * 2
         filled_to: int | None = None  # frames_in right after our last fill
         while not self.ended:
-            tick += 1
+            if filled_to is None:
+                # frames_in only grows, so no deficit is possible before this tick: a gateway
+                # that keeps up wakes this clock every `tolerance + 1` ticks, not every tick
+                tick = max(tick + 1, self.frames_in - base + tolerance + 1)
+            else:  # filling a gap: every tick, to fill on time and to see the caller speak again
+                tick += 1
             delay = start + tick * 0.020 - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
