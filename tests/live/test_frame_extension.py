@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -20,15 +21,17 @@ from streams.live.asterisk import AsteriskConsumer
 from streams.live.audiofork import AudioForkConsumer
 from streams.live.ingest import IngestConsumer
 from streams.models import Account
-from tests.live.asterisk.fake_asterisk import FakeAsterisk
+from tests.conftest import Proc
+from tests.live.asterisk.drivers import DRIVERS, make_driver
 from tests.live.asterisk.support import on_start, payloads, play, spoken
 from tests.live.inprocess import hub_in_process
-from tests.support import Customer, Gateway, basic_auth, eventually, ramp
+from tests.support import Customer, eventually, ramp
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 CLIP = ramp(8000)  # 1 s the customer plays
 SPEECH = ramp(160 * 50, start=3)  # 1 s the caller says (no all-zero frame: see `spoken`)
+CONSUMERS: dict[str, type[IngestConsumer]] = {"audio-fork": AudioForkConsumer, "asterisk": AsteriskConsumer}
 
 
 def count_asgi_audio(monkeypatch: pytest.MonkeyPatch, consumer: type[IngestConsumer]) -> dict[str, int]:
@@ -51,41 +54,21 @@ def count_asgi_audio(monkeypatch: pytest.MonkeyPatch, consumer: type[IngestConsu
     return seen
 
 
-async def test_asterisk_audio_takes_the_frame_extension_both_ways(
-    account: Account, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", DRIVERS)
+async def test_a_calls_audio_takes_the_frame_extension_both_ways(
+    kind: str, account: Account, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen = count_asgi_audio(monkeypatch, AsteriskConsumer)
-    auth = basic_auth(account.auth_id, account.auth_token)
+    seen = count_asgi_audio(monkeypatch, CONSUMERS[kind])
     async with hub_in_process() as base, Customer(reply=on_start(play(CLIP))) as customer:
-        params = {"serviceUrl": customer.url, "bidirectional": "true"}
-        fake = await FakeAsterisk(f"{base}/asterisk", auth, params=params, codec="slin").dial()
+        hub = cast(Proc, SimpleNamespace(ws=base.removesuffix("/ingest")))  # all a driver reads of a hub
+        driver = make_driver(kind, hub, account)
+        await driver.open([{"serviceUrl": customer.url, "bidirectional": True}])
         await eventually(lambda: customer.events("start"))
         await asyncio.sleep(0.1)  # set-up done: the handler is in place and nothing waits in the queue
         before = dict(seen)
-        await fake.talk(SPEECH)
+        await driver.talk(SPEECH)
         await eventually(lambda: spoken(payloads(customer)) == SPEECH)
-        await eventually(lambda: fake.heard == CLIP)
+        await eventually(lambda: b"".join(frame for _, frame in driver.played()) == CLIP)
         during = {key: seen[key] - before[key] for key in seen}
-        await fake.hang_up()
-    assert during == {"received": 0, "sent": 0}
-
-
-async def test_audio_fork_audio_takes_the_frame_extension_both_ways(
-    account: Account, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seen = count_asgi_audio(monkeypatch, AudioForkConsumer)
-    auth = basic_auth(account.auth_id, account.auth_token)
-    async with hub_in_process() as base, Customer(reply=on_start(play(CLIP))) as customer:
-        gateway = await Gateway(f"{base}/audio-fork", auth).open(
-            {"streams": [{"serviceUrl": customer.url, "bidirectional": True}]}
-        )
-        await gateway.send_frames(SPEECH[:320])  # mod_audio_fork sends audio from the start
-        await eventually(lambda: customer.events("start"))
-        await asyncio.sleep(0.1)
-        before = dict(seen)
-        await gateway.send_frames(SPEECH[320:])
-        await eventually(lambda: spoken(payloads(customer)) == SPEECH)
-        await eventually(lambda: gateway.audio == CLIP)
-        during = {key: seen[key] - before[key] for key in seen}
-        await gateway.close()
+        await driver.hang_up()
     assert during == {"received": 0, "sent": 0}
