@@ -1,6 +1,7 @@
 """Whole-process CPU of a call's set-up and hang-up, with no audio in between.
 
     .venv/bin/python bench/churn.py [--server uvicorn,reference,picows,NAME@DIR] [--calls 300] [--rate 50]
+                                    [--gateway audio-fork|asterisk]
 
 bench/run.py's "setup ms" is what a step cost beyond relaying its frames at the steady window's
 price; frames relayed while the calls arrive cost more than that (fewer calls share each loop
@@ -14,7 +15,9 @@ bench/run.py (production settings, PostgreSQL, Redis, pinned to CPU 0; this clie
 its CPU (every thread, the database threads included) over the run, minus what it burns idle over
 the same time, divided by the calls, is the set-up + hang-up cost per call. The plain relays
 (`reference`, `picows`) are measured the same way for the floor: a WebSocket accepted, one dialled,
-both closed.
+both closed. --gateway asterisk: the calls speak Asterisk chan_websocket (the stream on the URI,
+MEDIA_START first; the held calls' silent gaps are filled by the hub, a cost the idle measurement
+takes out); hubs only.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from run import (  # type: ignore[import-not-found]  # bench/run.py, beside this file
     LOAD_CPU,
@@ -52,7 +58,7 @@ SETTLE_SECONDS = 2.0  # after the last call: the hang-up's database writes finis
 
 
 async def churn(
-    url: str, auth: str, calls: int, rate: float, concurrency: int, background: int = 0
+    url: str, auth: str, calls: int, rate: float, concurrency: int, background: int = 0, gateway: str = "audio-fork"
 ) -> tuple[int, list[float], list[str]]:
     """Run the calls: (calls completed, set-up seconds of each: connect to the customer's `start`,
     the failed calls' errors). With `background`, that many calls are opened first and held
@@ -80,11 +86,18 @@ async def churn(
         key = str(index)
         loop = asyncio.get_running_loop()
         started[key], closed[key] = loop.create_future(), loop.create_future()
-        meta = {"callId": None, "streams": [{"serviceUrl": f"ws://127.0.0.1:{port}/c/{key}"}]}
+        service = f"ws://127.0.0.1:{port}/c/{key}"
+        if gateway == "asterisk":  # chan_websocket: the stream on the URI, MEDIA_START first
+            target, protocol = f"{url}?{urlencode({'serviceUrl': service}, quote_via=quote)}", "media"
+            first: dict[str, object] = {"event": "MEDIA_START", "connection_id": str(uuid.uuid4()), "ptime": 20}
+            first.update({"channel_id": f"{os.getpid()}.{index}", "format": "slin", "optimal_frame_size": 320})
+        else:
+            target, protocol = url, "audio.drachtio.org"
+            first = {"callId": None, "streams": [{"serviceUrl": service}]}
         async with gate:
             t0 = time.monotonic()
-            async with connect(url, additional_headers=headers, subprotocols=["audio.drachtio.org"]) as ws:  # type: ignore[list-item]
-                await ws.send(json.dumps(meta))
+            async with connect(target, additional_headers=headers, subprotocols=[protocol]) as ws:  # type: ignore[list-item]
+                await ws.send(json.dumps(first))
                 await asyncio.wait_for(started[key], 10)
                 if hold is not None:
                     held.append(None)
@@ -135,12 +148,18 @@ def main() -> None:
     parser.add_argument(
         "--background", type=int, default=20, help="silent calls held open meanwhile (a hub is never empty)"
     )
+    parser.add_argument(
+        "--gateway",
+        choices=("audio-fork", "asterisk"),
+        default="audio-fork",
+        help="the calls' framing: mod_audio_fork, or Asterisk chan_websocket (hubs only)",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # URL,AUTH: run the client side only
     args = parser.parse_args()
     if args.child:
         url, _, auth = args.child.partition(",")
         done, setups, errors = asyncio.run(
-            churn(url, auth, args.calls, args.rate, args.concurrency + args.background, args.background)
+            churn(url, auth, args.calls, args.rate, args.concurrency + args.background, args.background, args.gateway)
         )
         setups.sort()
         p50 = setups[len(setups) // 2] if setups else 0.0
@@ -164,7 +183,7 @@ def main() -> None:
                 sys.executable,
                 __file__,
                 "--child",
-                f"ws://127.0.0.1:{port}/ingest/audio-fork,{auth}",
+                f"ws://127.0.0.1:{port}/ingest/{args.gateway},{auth}",
                 "--calls",
                 str(args.calls),
                 "--rate",
@@ -173,6 +192,8 @@ def main() -> None:
                 str(args.concurrency),
                 "--background",
                 str(args.background),
+                "--gateway",
+                args.gateway,
             ]
             child = subprocess.Popen(pinned(LOAD_CPU, client), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert child.stdin is not None and child.stdout is not None
