@@ -123,7 +123,7 @@ CHANNEL_LAYERS = {
 # Redis when there is one, in each process's memory otherwise.
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "streamhub.cache.SharedRedisCache",  # one Redis client per process, not per request
         "LOCATION": REDIS_URL,
         # short: an unreachable Redis must not hold a sign-in (the throttle then lets it through)
         "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import socket
 from collections.abc import AsyncIterator
 
@@ -26,7 +27,9 @@ async def hub_in_process() -> AsyncIterator[str]:
     app = ProtocolTypeRouter({"websocket": URLRouter(websocket_urlpatterns)})
     config = uvicorn.Config(app, ws=IngestWebSocketProtocol, lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    # a fresh context, as in a hub process: nothing this test's context holds (Django's per-context
+    # database connections and caches) is inherited by the connections' tasks
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), context=contextvars.Context())
     try:
         await eventually(lambda: server.started)
         yield f"ws://127.0.0.1:{port}/ingest"
