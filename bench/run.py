@@ -1,6 +1,6 @@
 """One command: the hub as deployed vs the reference relay, ramping concurrent calls.
 
-    .venv/bin/python bench/run.py [--server daphne|uvicorn|both|NAME[@DIR],…] [--calls 100,200,…]
+    .venv/bin/python bench/run.py [--server daphne|uvicorn|both|NAME[:N][@DIR],…] [--calls 100,200,…]
                                   [--seconds 10] [--bidi [--drift]] [--processes 2] [--tls]
                                   [--relays reference,picows | --no-reference] [--allow-noise]
                                   [--noise-cancellation] [--capacity N --overload K]
@@ -22,10 +22,15 @@ passed; the hub/reference capacity and CPU ratios are printed at the end.
 --noise-cancellation: every stream asks for noiseCancellation (level 85) and the gateways send
 noisy speech; the reference relay has no suppressor, so it is not run (compare with a run of the
 hub without the flag).
---server takes NAME[@DIR] entries: NAME is daphne, uvicorn (the production command) or
+--server takes NAME[:N][@DIR] entries: NAME is daphne, uvicorn (the production command) or
 uvicorn-sansio (uvicorn's own websockets-sansio protocol, the command before the ingest
-frame extension); @DIR runs that hub from another checkout (e.g. `git archive` of an older
-commit), so a change's before/after is one paired run.
+frame extension); uvicorn:N is N uvicorn worker processes on one port (`--workers N`, the
+documented process-per-core deployment; each step then prints every worker's share of the CPU,
+how evenly the port spread the calls); @DIR runs that hub from another checkout (e.g. `git
+archive` of an older commit), so a change's before/after is one paired run.
+--hub-cpus / --load-cpus: the taskset CPU lists of the servers (default 0) and of the load
+generator and Celery worker (default 1); on a machine with cores to spare, `--server uvicorn:2
+--hub-cpus 0,1 --load-cpus 2,3` measures two workers on two cores against `uvicorn --hub-cpus 0`.
 --ab A,B: the variants (hubs, or the plain relays `reference` and `picows`) serve side by
 side, call i going to variant i % k, all on CPU 0, so each one's CPU per frame is measured
 over the same window under the same noise: the paired before/after of a change on a shared
@@ -83,7 +88,7 @@ from streamhub.servers import hub_command  # noqa: E402
 
 PY = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
-SERVER_CPU, LOAD_CPU = 0, 1
+SERVER_CPU, LOAD_CPU = "0", "1"  # taskset CPU lists (--hub-cpus, --load-cpus)
 
 
 RSS_EVERY = 5.0  # seconds between RSS samples of the server during a step
@@ -155,10 +160,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def pinned(cpu: int, cmd: list[str]) -> list[str]:
-    return (
-        ["taskset", "-c", str(cpu), *cmd] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else cmd
-    )
+def pinned(cpus: str, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", cpus, *cmd] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else cmd
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -300,6 +303,7 @@ def measure(
         + list(extra),
     )
     marks: dict[str, tuple[float, float]] = {}
+    pid_marks: dict[str, dict[int, float]] = {}  # each server process's CPU at the marks (--workers split)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the server's RSS every RSS_EVERY s while the step runs (memory growth over a long step)
     trace: list[tuple[float, int]] = []
@@ -317,6 +321,7 @@ def measure(
         if line.startswith("steady-"):
             marks[line.strip()] = (cpu_seconds(pids), time.monotonic())
             group_marks[line.strip()] = [cpu_seconds(g) for g in groups]
+            pid_marks[line.strip()] = {pid: cpu_seconds([pid]) for pid in pids}
         else:
             errors.append(line)
     stdout = proc.stdout.read()
@@ -348,6 +353,12 @@ def measure(
         # relayed frames: media to the customers, and with --bidi playback to the gateways too
         steady_us = 1e6 * (c1 - c0) / (result["steady_frames"] + result.get("steady_play_frames", 0))
         result["steady_cpu_pct"] = round(100 * (c1 - c0) / (w1 - w0), 1)
+        # each process's share of a core over the window (a hub with workers: how evenly the port spreads calls)
+        result["process_cpu_pct"] = {
+            pid: round(100 * (pid_marks["steady-end"][pid] - pid_marks["steady-start"][pid]) / (w1 - w0), 1)
+            for pid in pids
+            if pid in pid_marks["steady-start"] and pid in pid_marks["steady-end"]
+        }
         # what the step cost beyond relaying its frames: call set-up, hang-up, billing, callbacks
         setup_ms = 1000 * max(0.0, cpu - steady_us * frames / 1e6) / calls
         if len(groups) > 1:  # --ab: call i went to group i % k, so each group relayed 1/k of the frames
@@ -539,6 +550,8 @@ def ramp(
     for calls in steps:
         result = measure_step(name, urls, pids_of, calls, seconds, auth, bidi, drift, extra)
         print(row(result), flush=True)
+        if process_split(result):
+            print(process_split(result), flush=True)
         if "overload" in result:
             print(overload_line(result), flush=True)
         if not ok(result) and "error" not in result:
@@ -546,6 +559,8 @@ def ramp(
             # that fails twice in a row (the same rule for the hub and the reference)
             result = measure_step(name, urls, pids_of, calls, seconds, auth, bidi, drift, extra)
             print(row(result) + "  (step run again)", flush=True)
+            if process_split(result):
+                print(process_split(result), flush=True)
             if "overload" in result:
                 print(overload_line(result), flush=True)
         results[calls] = result
@@ -568,16 +583,41 @@ RELAYS = {"reference": "reference_relay.py", "picows": "picows_relay.py"}
 
 
 def hub_variant(spec: str, port: int) -> tuple[list[str], Path]:
-    """NAME[@DIR]: the hub's command line and the checkout it runs from."""
+    """NAME[:N][@DIR]: the hub's command line and the checkout it runs from; `uvicorn:N` is N uvicorn
+    worker processes on the one port (`--workers N`, the documented one-process-per-core deployment)."""
     name, _, tree = spec.partition("@")
+    name, _, workers = name.partition(":")
     root = Path(tree).resolve() if tree else ROOT
+    if workers and (name != "uvicorn" or not workers.isdigit() or int(workers) < 1):
+        raise SystemExit(f"{spec}: NAME:N takes uvicorn and a number of worker processes, e.g. uvicorn:2")
     if name in RELAYS:  # a plain relay side by side with hubs (--ab)
         return [PY, str(root / "bench" / RELAYS[name]), str(port)], root
     if name == "uvicorn-sansio":  # uvicorn's own protocol, no ingest frame extension
         cmd = hub_command("uvicorn", port, python=PY, quiet=True, ws="websockets-sansio")
     else:
-        cmd = hub_command(name, port, python=PY, quiet=True)
+        cmd = hub_command(name, port, python=PY, quiet=True, workers=int(workers or 1))
     return cmd, root
+
+
+def process_split(r: dict[str, Any], name: str = "", pids: list[int] | None = None) -> str:
+    """The server processes' shares of a core over the steady window, when more than one did the work
+    (uvicorn:N): how evenly one port spread the calls over its workers. `pids`: one --ab variant's."""
+    shares = r.get("process_cpu_pct") or {}
+    busy = sorted((pct for pid, pct in shares.items() if pct >= 1.0 and (pids is None or pid in pids)), reverse=True)
+    if len(busy) < 2:
+        return ""
+    return f"#   {name or r['server']} per process (% of a core over the steady window): " + ", ".join(map(str, busy))
+
+
+def wait_processes(proc: subprocess.Popen[bytes], spec: str) -> None:
+    """uvicorn:N binds its port before it spawns its workers: wait until all N exist, so that the
+    first step's CPU is read from every one of them."""
+    workers = int(spec.partition("@")[0].partition(":")[2] or 1)
+    deadline = time.monotonic() + 30
+    while workers > 1 and len(tree(proc.pid)) < workers + 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{spec}: {workers} worker processes did not start")
+        time.sleep(0.1)
 
 
 def ratios(tables: dict[str, dict[int, dict[str, Any]]], steps: list[int], name: str, base: str) -> None:
@@ -616,8 +656,9 @@ def ab_run(
         start(pinned(SERVER_CPU, cmd), env, logs / f"ab-{i}.log", cwd=root) for i, (cmd, root) in enumerate(variants)
     ]
     try:
-        for port in ports:
+        for port, proc, spec in zip(ports, procs, specs, strict=True):
             wait_port(port)
+            wait_processes(proc, spec)
         urls = [f"ws://127.0.0.1:{port}/ingest/{GATEWAY}" for port in ports]
         for calls in steps:
             groups = [tree(p.pid) for p in procs]
@@ -636,6 +677,9 @@ def ab_run(
             for spec, figures in zip(specs, result.get("ab") or [], strict=False):
                 us, setup = figures["cpu_us_per_frame"], figures["setup_cpu_ms_per_call"]
                 print(f"#   {spec}: {us} µs/frame, set-up {setup} ms/call", flush=True)
+            for spec, group in zip(specs, groups, strict=True):
+                if process_split(result, spec, group):
+                    print(process_split(result, spec, group), flush=True)
             ab = result.get("ab") or []
             if len(ab) > 1 and ab[0]["cpu_us_per_frame"]:
                 print(
@@ -654,7 +698,7 @@ def ab_run(
 
 
 def main() -> None:
-    global CUSTOMER_TLS, BURST, GATEWAY, OVERLOAD, CAPACITY, PROCESSES
+    global CUSTOMER_TLS, BURST, GATEWAY, OVERLOAD, CAPACITY, PROCESSES, SERVER_CPU, LOAD_CPU
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default="both", help="daphne, uvicorn, both, or NAME[@DIR],… (see above)")
     parser.add_argument("--calls", default="100,200,300,400,500,600,700,800")
@@ -698,6 +742,14 @@ def main() -> None:
         help="with --overload: the hub's STREAMHUB_MAX_CALLS (per process; weight units with --bidi)",
     )
     parser.add_argument(
+        "--hub-cpus",
+        default=SERVER_CPU,
+        help="taskset CPU list for the servers (default 0), e.g. 0,1 for uvicorn:2 on a machine with cores to spare",
+    )
+    parser.add_argument(
+        "--load-cpus", default=LOAD_CPU, help="taskset CPU list for the load generator and Celery worker (default 1)"
+    )
+    parser.add_argument(
         "--gateway",
         choices=("audio-fork", "asterisk"),
         default="audio-fork",
@@ -706,6 +758,7 @@ def main() -> None:
     args = parser.parse_args()
     steps = [int(n) for n in args.calls.split(",")]
     BURST, GATEWAY = args.burst, args.gateway
+    SERVER_CPU, LOAD_CPU = args.hub_cpus, args.load_cpus
     servers = ["daphne", "uvicorn"] if args.server == "both" else args.server.split(",")
     # the plain relays have no suppressor: with --noise-cancellation, compare with a run of the hub without it
     no_relays = args.no_reference or args.bidi or args.noise_cancellation
@@ -794,8 +847,9 @@ def main() -> None:
                 for i, (cmd, root) in enumerate(variants)
             ]
             try:
-                for port in ports:
+                for port, proc in zip(ports, procs, strict=True):
                     wait_port(port)
+                    wait_processes(proc, server)
                 capacities[server], tables[server] = ramp(
                     server,
                     [f"ws://127.0.0.1:{port}/ingest/{GATEWAY}" for port in ports],
