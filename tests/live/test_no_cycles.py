@@ -16,6 +16,7 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from streams.live.admission import admission
 from streams.live.ingest import IngestConsumer
@@ -95,6 +96,26 @@ async def test_ended_and_refused_calls_are_freed_by_reference_counting(account: 
             await eventually(lambda: admission.used == 0)  # every consumer has torn down
             await asyncio.sleep(0.2)
             assert left_for_the_collector() == []
+
+
+async def test_upgrades_refused_at_capacity_are_freed_by_reference_counting(account: Account) -> None:
+    """Offered twice its capacity, a hub answers half the arrivals HTTP 503: what each refusal built
+    (protocol, consumer) must not wait for the collector while the admitted calls relay."""
+    auth = basic_auth(account.auth_id, account.auth_token)
+    with capacity(1):
+        async with hub_in_process() as base, Customer() as customer:
+            url = f"{base}/audio-fork"
+            held = await Gateway(url, auth).open({"from": "+10", "streams": [{"serviceUrl": customer.url}]})
+            await eventually(lambda: customer.events("start"))
+            gc.collect()
+            for _ in range(5):
+                with pytest.raises(InvalidStatus) as refused:
+                    await Gateway(url, auth).open({"from": "+11"})
+                assert refused.value.response.status_code == 503
+            await asyncio.sleep(0.2)
+            assert left_for_the_collector() == []
+            await held.close()
+            await eventually(lambda: admission.used == 0)
 
 
 async def test_ended_asterisk_calls_are_freed_by_reference_counting(account: Account) -> None:
